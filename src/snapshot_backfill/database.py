@@ -1,0 +1,201 @@
+"""Open databases: URLs, engines, SQLite connection settings, read-only and write transactions."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from .errors import BadInputError, DatabaseUnavailableError
+
+ENV_VAR = "SNAPSHOT_BACKFILL_DATABASE_URL"
+SQLITE_BUSY_TIMEOUT_S = 10.0
+
+# The short forms people type, mapped to the drivers this project installs (psycopg 3, PyMySQL)
+# instead of SQLAlchemy's historical defaults (psycopg2, mysqlclient).
+_DEFAULT_DRIVERS = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_EXTRA_FOR_BACKEND = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+_PASSWORD_IN_TEXT = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
+
+
+def mask_password(text: str) -> str:
+    """Replace the password of every URL written in ``text`` with ``***``."""
+    return _PASSWORD_IN_TEXT.sub(lambda m: f"{m.group('head')}***@", text)
+
+
+def display_url(url: URL) -> str:
+    """Render ``url`` for a human: never with its password."""
+    return url.render_as_string(hide_password=True)
+
+
+def resolve_url(value: Optional[str], environ: Mapping[str, str] = os.environ) -> URL:
+    """Turn ``--database-url`` (or the environment variable) into a URL; a bare path is SQLite."""
+    raw = value if value else environ.get(ENV_VAR, "")
+    if not raw.strip():
+        raise BadInputError(f"no database given: pass --database-url URL or set {ENV_VAR}")
+    raw = raw.strip()
+    if "://" not in raw:
+        return URL.create("sqlite", database=str(Path(raw).expanduser().absolute()))
+    try:
+        url = sa.make_url(raw)
+    except ArgumentError:
+        raise BadInputError(
+            f"invalid database URL: {mask_password(raw)} "
+            "(expected e.g. sqlite:///path/to.db, postgresql://user@host/db, mysql://user@host/db)"
+        ) from None
+    driver = _DEFAULT_DRIVERS.get(url.drivername)
+    if driver:
+        url = url.set(drivername=driver)
+    return url
+
+
+def is_sqlite(url_or_engine: URL | Engine | Connection) -> bool:
+    """Tell whether the URL, engine or connection is SQLite."""
+    if isinstance(url_or_engine, URL):
+        return url_or_engine.get_backend_name() == "sqlite"
+    return url_or_engine.dialect.name == "sqlite"
+
+
+def sqlite_path(url: URL) -> Optional[Path]:
+    """The file of a SQLite URL, or None for an in-memory database."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def open_engine(url: URL, *, create: bool = False, **engine_kwargs: Any) -> Engine:
+    """Create an engine for ``url``; a SQLite file must exist unless ``create`` is true.
+
+    SQLite connections get ``foreign_keys=ON`` and a busy timeout, and transactions that
+    really begin (``BEGIN`` is emitted by us, ``BEGIN IMMEDIATE`` for writers), which pysqlite
+    otherwise defers. A missing SQLite file is an error, never silently created: a typo in
+    the path would otherwise "migrate" an empty new database.
+    """
+    if is_sqlite(url):
+        return _open_sqlite(url, create=create, **engine_kwargs)
+    try:
+        return sa.create_engine(url, **engine_kwargs)
+    except (NoSuchModuleError, ImportError, ModuleNotFoundError) as exc:
+        extra = _EXTRA_FOR_BACKEND.get(url.get_backend_name())
+        hint = f"; install it with: pip install 'snapshot-backfill[{extra}]'" if extra else ""
+        raise BadInputError(
+            f"cannot use {display_url(url)}: database driver not available ({exc}){hint}"
+        ) from None
+
+
+def _open_sqlite(url: URL, *, create: bool, **engine_kwargs: Any) -> Engine:
+    path = sqlite_path(url)
+    if path is not None:
+        if path.is_dir():
+            raise DatabaseUnavailableError(f"{path} is a directory, not a SQLite database file")
+        if not create and not path.exists():
+            raise DatabaseUnavailableError(
+                f"no SQLite database at {path}: the file does not exist (check the path; "
+                "this command never creates a database)"
+            )
+        # mode=rw makes SQLite itself refuse to create the file, even if it vanishes meanwhile.
+        mode = "rwc" if create else "rw"
+        url = URL.create(
+            "sqlite", database=f"file:{path}", query={"mode": mode, "uri": "true"}
+        )
+    engine = sa.create_engine(url, **engine_kwargs)
+    _install_sqlite_hooks(engine)
+    return engine
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Leave transaction control to us: pysqlite's own BEGIN handling defers and skips.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once and read the catalog, turning every failure into one clear message."""
+    try:
+        with engine.connect() as conn:
+            if is_sqlite(conn):
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+            else:
+                conn.exec_driver_sql("SELECT 1").scalar()
+    except DBAPIError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot open {display_url(engine.url)}: {describe_db_error(exc)}"
+        ) from None
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """The first line of a driver error, password-masked, without SQLAlchemy's boilerplate."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if isinstance(orig, sqlite3.DatabaseError) and "not a database" in text:
+        text = "the file is not a SQLite database"
+    return mask_password(text)
+
+
+@contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """Yield a connection in a transaction the database itself keeps read-only, then roll back.
+
+    SQLite: ``PRAGMA query_only``; PostgreSQL: ``SET TRANSACTION READ ONLY`` at repeatable read
+    (one consistent snapshot for every query of a plan); MariaDB/MySQL: ``START TRANSACTION
+    READ ONLY`` with a consistent snapshot.
+    """
+    with engine.connect() as conn:
+        backend = conn.dialect.name
+        try:
+            if backend == "sqlite":
+                conn.exec_driver_sql("PRAGMA query_only = ON")
+            elif backend == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            elif backend in ("mysql", "mariadb"):
+                conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            else:  # pragma: no cover - only the three supported backends reach here
+                raise BadInputError(f"unsupported database backend: {backend}")
+            yield conn
+        finally:
+            conn.rollback()
+            if backend == "sqlite":
+                conn.exec_driver_sql("PRAGMA query_only = OFF")
+                conn.rollback()
+
+
+@contextmanager
+def write_transaction(conn: Connection) -> Iterator[Connection]:
+    """Run a block in one committed transaction; SQLite takes its write lock up front."""
+    if not is_sqlite(conn):
+        with conn.begin():
+            yield conn
+        return
+    conn.execution_options(sqlite_begin="IMMEDIATE")
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.execution_options(sqlite_begin="DEFERRED")
