@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -296,9 +297,49 @@ class RecipeSnapshot(CommonColumns, Base):
 APPLICATION_TABLES = tuple(Base.metadata.sorted_tables)
 APPLICATION_TABLE_NAMES = frozenset(t.name for t in APPLICATION_TABLES)
 
-ingredients = Ingredient.__table__
-recipes = Recipe.__table__
-recipe_ingredients = RecipeIngredient.__table__
-finished_units = FinishedUnit.__table__
-production_runs = ProductionRun.__table__
-recipe_snapshots = RecipeSnapshot.__table__
+ingredients: Table = Base.metadata.tables["ingredients"]
+recipes: Table = Base.metadata.tables["recipes"]
+recipe_ingredients: Table = Base.metadata.tables["recipe_ingredients"]
+finished_units: Table = Base.metadata.tables["finished_units"]
+production_runs: Table = Base.metadata.tables["production_runs"]
+recipe_snapshots: Table = Base.metadata.tables["recipe_snapshots"]
+
+
+# What the snapshot feature added to the application's schema; everything else predates it.
+SNAPSHOT_ERA_TABLES = ("recipe_snapshots",)
+SNAPSHOT_ERA_COLUMNS = {
+    "recipes": ("base_recipe_id", "variant_name", "is_production_ready"),
+    "production_runs": ("recipe_snapshot_id",),
+}
+
+
+def pre_snapshot_metadata() -> MetaData:
+    """Build the six tables as they were before the snapshot feature (for old databases).
+
+    The same tables, less ``recipe_snapshots`` and the columns of ``SNAPSHOT_ERA_COLUMNS``
+    with the indexes, checks and foreign keys that use them, as the application's
+    pre-snapshot schema has them.
+    """
+    metadata = MetaData()
+    for table in Base.metadata.sorted_tables:
+        if table.name in SNAPSHOT_ERA_TABLES:
+            continue
+        dropped = set(SNAPSHOT_ERA_COLUMNS.get(table.name, ()))
+        old = Table(
+            table.name,
+            metadata,
+            *(column._copy() for column in table.columns if column.name not in dropped),
+        )
+        for constraint in table.constraints:
+            columns = {c.name for c in constraint.columns}
+            if isinstance(constraint, CheckConstraint):
+                text = str(constraint.sqltext)
+                if not any(name in text for name in dropped):
+                    old.append_constraint(CheckConstraint(text, name=constraint.name))
+            elif isinstance(constraint, UniqueConstraint) and not columns & dropped:
+                old.append_constraint(UniqueConstraint(*columns, name=constraint.name))
+        for index in table.indexes:
+            names = [c.name for c in index.columns]
+            if not set(names) & dropped:
+                Index(index.name, *(old.c[name] for name in names), unique=index.unique)
+    return metadata
