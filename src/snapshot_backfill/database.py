@@ -38,7 +38,10 @@ def mask_password(text: str) -> str:
 
 
 def display_url(url: URL) -> str:
-    """Render ``url`` for a human: never with its password."""
+    """Render ``url`` for a human: a SQLite file as its path, others never with a password."""
+    if is_sqlite(url):
+        path = sqlite_path(url)
+        return str(path) if path is not None else "sqlite:// (in memory)"
     return url.render_as_string(hide_password=True)
 
 
@@ -80,7 +83,13 @@ def sqlite_path(url: URL) -> Optional[Path]:
     return Path(database)
 
 
-def open_engine(url: URL, *, create: bool = False, **engine_kwargs: Any) -> Engine:
+def open_engine(
+    url: URL,
+    *,
+    create: bool = False,
+    busy_timeout: float = SQLITE_BUSY_TIMEOUT_S,
+    **engine_kwargs: Any,
+) -> Engine:
     """Create an engine for ``url``; a SQLite file must exist unless ``create`` is true.
 
     SQLite connections get ``foreign_keys=ON`` and a busy timeout, and transactions that
@@ -89,7 +98,7 @@ def open_engine(url: URL, *, create: bool = False, **engine_kwargs: Any) -> Engi
     the path would otherwise "migrate" an empty new database.
     """
     if is_sqlite(url):
-        return _open_sqlite(url, create=create, **engine_kwargs)
+        return _open_sqlite(url, create=create, busy_timeout=busy_timeout, **engine_kwargs)
     try:
         return sa.create_engine(url, **engine_kwargs)
     except (NoSuchModuleError, ImportError, ModuleNotFoundError) as exc:
@@ -100,7 +109,7 @@ def open_engine(url: URL, *, create: bool = False, **engine_kwargs: Any) -> Engi
         ) from None
 
 
-def _open_sqlite(url: URL, *, create: bool, **engine_kwargs: Any) -> Engine:
+def _open_sqlite(url: URL, *, create: bool, busy_timeout: float, **engine_kwargs: Any) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         if path.is_dir():
@@ -112,22 +121,20 @@ def _open_sqlite(url: URL, *, create: bool, **engine_kwargs: Any) -> Engine:
             )
         # mode=rw makes SQLite itself refuse to create the file, even if it vanishes meanwhile.
         mode = "rwc" if create else "rw"
-        url = URL.create(
-            "sqlite", database=f"file:{path}", query={"mode": mode, "uri": "true"}
-        )
+        url = URL.create("sqlite", database=f"file:{path}", query={"mode": mode, "uri": "true"})
     engine = sa.create_engine(url, **engine_kwargs)
-    _install_sqlite_hooks(engine)
+    _install_sqlite_hooks(engine, busy_timeout)
     return engine
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def _install_sqlite_hooks(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         # Leave transaction control to us: pysqlite's own BEGIN handling defers and skips.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

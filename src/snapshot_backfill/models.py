@@ -110,7 +110,7 @@ class Recipe(CommonColumns, Base):
         # 1901), so the application's models cannot have it there either; it exists elsewhere.
         CheckConstraint(
             "base_recipe_id IS NULL OR base_recipe_id != id", name="ck_recipe_no_self_variant"
-        ).ddl_if(dialect=("sqlite", "postgresql")),
+        ).ddl_if(dialect=("sqlite", "postgresql")),  # type: ignore[arg-type]  # tuple is documented
         Index("ix_recipes_is_archived", "is_archived"),
         Index("ix_recipes_base_recipe_id", "base_recipe_id"),
         Index("ix_recipes_is_production_ready", "is_production_ready"),
@@ -203,9 +203,7 @@ class FinishedUnit(CommonColumns, Base):
     item_unit: Mapped[Optional[str]] = mapped_column(String(50))
     batch_percentage: Mapped[Optional[Decimal]] = mapped_column(Numeric(5, 2))
     portion_description: Mapped[Optional[str]] = mapped_column(String(200))
-    unit_cost: Mapped[Decimal] = mapped_column(
-        Numeric(10, 4), nullable=False, default=Decimal("0")
-    )
+    unit_cost: Mapped[Decimal] = mapped_column(Numeric(10, 4), nullable=False, default=Decimal("0"))
     inventory_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     category: Mapped[Optional[str]] = mapped_column(String(100))
     production_notes: Mapped[Optional[str]] = mapped_column(Text)
@@ -259,9 +257,7 @@ class ProductionRun(CommonColumns, Base):
     actual_yield: Mapped[int] = mapped_column(Integer, nullable=False)
     produced_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     notes: Mapped[Optional[str]] = mapped_column(Text)
-    production_status: Mapped[str] = mapped_column(
-        String(20), nullable=False, default="complete"
-    )
+    production_status: Mapped[str] = mapped_column(String(20), nullable=False, default="complete")
     loss_quantity: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     total_ingredient_cost: Mapped[Decimal] = mapped_column(
         Numeric(10, 4), nullable=False, default=Decimal("0")
@@ -331,13 +327,14 @@ def pre_snapshot_metadata() -> MetaData:
             *(column._copy() for column in table.columns if column.name not in dropped),
         )
         for constraint in table.constraints:
-            columns = {c.name for c in constraint.columns}
             if isinstance(constraint, CheckConstraint):
                 text = str(constraint.sqltext)
                 if not any(name in text for name in dropped):
                     old.append_constraint(CheckConstraint(text, name=constraint.name))
-            elif isinstance(constraint, UniqueConstraint) and not columns & dropped:
-                old.append_constraint(UniqueConstraint(*columns, name=constraint.name))
+            elif isinstance(constraint, UniqueConstraint):
+                columns = [c.name for c in constraint.columns]
+                if not set(columns) & dropped:
+                    old.append_constraint(UniqueConstraint(*columns, name=constraint.name))
         for index in table.indexes:
             names = [c.name for c in index.columns]
             if not set(names) & dropped:

@@ -1,0 +1,748 @@
+"""The migrator: plan, run, verify and rollback the backfill of recipe snapshots.
+
+Each command takes an engine and options and returns a report; nothing here prints. The
+classification of a production run that has no snapshot link is, in this order:
+
+- ``to_link_existing``: a ``recipe_snapshots`` row for the run already exists (an interrupted
+  writer); the run is linked to it, never given a second one (``production_run_id`` is UNIQUE);
+- ``to_migrate``: its recipe exists; it gets a snapshot of the recipe's current data;
+- ``orphaned``: its recipe is gone; it is skipped and reported, never invented.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from .database import describe_db_error, read_only, write_transaction
+from .errors import BackfillError, BadInputError, InterruptedRunError
+from .journal import create_journal, drop_journal, journal, journal_exists
+from .locking import migration_lock
+from .models import new_uuid, production_runs, recipe_snapshots, recipes, utc_now
+from .payload import SnapshotPayload, load_payloads
+from .schema_check import require_schema
+
+# 2,000 rows keep each write transaction (and so SQLite's write lock) to tens of milliseconds
+# while the per-batch overhead stays small; see benchmarks/ for the measurements.
+DEFAULT_BATCH_SIZE = 2000
+# Each batch binds its run ids as parameters; stay well under every backend's limit.
+MAX_BATCH_SIZE = 10000
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+# verify lists at most this many problems (it still counts them all).
+MAX_PROBLEMS_LISTED = 1000
+
+runs = production_runs
+snaps = recipe_snapshots
+
+
+@dataclass
+class RecipeBreakdown:
+    """The runs of one recipe id, by what the backfill does with them."""
+
+    recipe_id: int
+    recipe_name: Optional[str]
+    total_runs: int
+    already_linked: int
+    to_migrate: int
+    to_link_existing: int
+    orphaned: int
+
+
+@dataclass
+class Plan:
+    """What a run would do: every production run falls in exactly one of the four counts."""
+
+    total_runs: int
+    already_linked: int
+    to_migrate: int
+    to_link_existing: int
+    orphaned_run_ids: list[int]
+    per_recipe: list[RecipeBreakdown] = field(default_factory=list)
+
+    @property
+    def orphaned(self) -> int:
+        return len(self.orphaned_run_ids)
+
+    @property
+    def work(self) -> int:
+        """How many runs a run would link (to a new or an existing snapshot)."""
+        return self.to_migrate + self.to_link_existing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_runs": self.total_runs,
+            "already_linked": self.already_linked,
+            "to_migrate": self.to_migrate,
+            "to_link_existing": self.to_link_existing,
+            "orphaned": self.orphaned,
+            "orphaned_run_ids": list(self.orphaned_run_ids),
+            "per_recipe": [asdict(r) for r in self.per_recipe],
+        }
+
+
+@dataclass
+class RunError:
+    """A production run the migrator could not link, and why."""
+
+    run_id: int
+    error: str
+
+
+@dataclass
+class Progress:
+    """Where a run or rollback stands after a committed batch."""
+
+    done: int
+    total: int
+    batches: int
+
+
+@dataclass
+class RunReport:
+    """What a run did; ``plan`` is what it found when it started."""
+
+    plan: Plan
+    run_token: str
+    migrated: int = 0
+    linked_existing: int = 0
+    skipped_orphans: int = 0
+    errors: list[RunError] = field(default_factory=list)
+    batches: int = 0
+    duration_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.interrupted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_dict(),
+            "migrated": self.migrated,
+            "linked_existing": self.linked_existing,
+            "skipped_orphans": self.skipped_orphans,
+            "errors": [asdict(e) for e in self.errors],
+            "batches": self.batches,
+            "duration_s": round(self.duration_s, 3),
+            "interrupted": self.interrupted,
+            "run_token": self.run_token,
+        }
+
+
+@dataclass
+class Problem:
+    """One discrepancy ``verify`` found."""
+
+    kind: str
+    detail: str
+    run_id: Optional[int] = None
+    snapshot_id: Optional[int] = None
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of ``verify``: ``ok`` only when no problem was found."""
+
+    runs_checked: int
+    snapshots_checked: int
+    orphaned_run_ids: list[int]
+    problems: list[Problem]
+    problems_total: int
+
+    @property
+    def ok(self) -> bool:
+        return self.problems_total == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "runs_checked": self.runs_checked,
+            "snapshots_checked": self.snapshots_checked,
+            "orphaned_run_ids": list(self.orphaned_run_ids),
+            "problems_total": self.problems_total,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+@dataclass
+class RollbackReport:
+    """What ``rollback`` undid."""
+
+    journal_entries: int = 0
+    runs_unlinked: int = 0
+    snapshots_deleted: int = 0
+    left_alone: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "duration_s": round(self.duration_s, 3)}
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+# --- plan --------------------------------------------------------------------------------
+
+
+def _unlinked_runs_joined() -> Any:
+    """production_runs, with the run's own snapshot row (if any) and its recipe (if any)."""
+    return runs.outerjoin(snaps, snaps.c.production_run_id == runs.c.id).outerjoin(
+        recipes, recipes.c.id == runs.c.recipe_id
+    )
+
+
+def _plan(conn: Connection) -> Plan:
+    linked = runs.c.recipe_snapshot_id.is_not(None)
+    unlinked = runs.c.recipe_snapshot_id.is_(None)
+    has_snapshot = snaps.c.id.is_not(None)
+    has_recipe = recipes.c.id.is_not(None)
+
+    def count_where(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    rows = conn.execute(
+        select(
+            runs.c.recipe_id,
+            recipes.c.name,
+            func.count().label("total_runs"),
+            count_where(linked).label("already_linked"),
+            count_where(and_(unlinked, ~has_snapshot, has_recipe)).label("to_migrate"),
+            count_where(and_(unlinked, has_snapshot)).label("to_link_existing"),
+            count_where(and_(unlinked, ~has_snapshot, ~has_recipe)).label("orphaned"),
+        )
+        .select_from(_unlinked_runs_joined())
+        .group_by(runs.c.recipe_id, recipes.c.name)
+        .order_by(runs.c.recipe_id)
+    ).all()
+    per_recipe = [
+        RecipeBreakdown(
+            recipe_id=r.recipe_id,
+            recipe_name=r.name,
+            total_runs=int(r.total_runs),
+            already_linked=int(r.already_linked),
+            to_migrate=int(r.to_migrate),
+            to_link_existing=int(r.to_link_existing),
+            orphaned=int(r.orphaned),
+        )
+        for r in rows
+    ]
+    orphaned_ids = list(
+        conn.execute(
+            select(runs.c.id)
+            .select_from(_unlinked_runs_joined())
+            .where(
+                runs.c.recipe_snapshot_id.is_(None), snaps.c.id.is_(None), recipes.c.id.is_(None)
+            )
+            .order_by(runs.c.id)
+        ).scalars()
+    )
+    return Plan(
+        total_runs=sum(r.total_runs for r in per_recipe),
+        already_linked=sum(r.already_linked for r in per_recipe),
+        to_migrate=sum(r.to_migrate for r in per_recipe),
+        to_link_existing=sum(r.to_link_existing for r in per_recipe),
+        orphaned_run_ids=orphaned_ids,
+        per_recipe=per_recipe,
+    )
+
+
+def plan(engine: Engine) -> Plan:
+    """Count what a run would do, in a transaction the database keeps read-only."""
+    with read_only(engine) as conn:
+        require_schema(conn)
+        return _plan(conn)
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise BadInputError(
+            f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, not {batch_size}"
+        )
+
+
+class _Batch:
+    """One batch of unlinked runs, sorted by what the backfill does with each."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self.last_id: int = rows[-1].id
+        self.link = [r for r in rows if r.snapshot_id is not None]
+        self.migrate = [r for r in rows if r.snapshot_id is None and r.recipe_found is not None]
+        self.orphans = [r for r in rows if r.snapshot_id is None and r.recipe_found is None]
+
+
+def _next_batch(conn: Connection, after: int, size: int) -> Optional[_Batch]:
+    query = (
+        select(
+            runs.c.id,
+            runs.c.recipe_id,
+            runs.c.produced_at,
+            snaps.c.id.label("snapshot_id"),
+            recipes.c.id.label("recipe_found"),
+        )
+        .select_from(_unlinked_runs_joined())
+        .where(runs.c.recipe_snapshot_id.is_(None), runs.c.id > after)
+        .order_by(runs.c.id)
+        .limit(size)
+    )
+    if conn.dialect.name != "sqlite":
+        # Hold the batch's runs until commit: the application may be writing meanwhile.
+        query = (
+            query.with_for_update(of=runs)
+            if conn.dialect.name == "postgresql"
+            else (query.with_for_update())
+        )
+    rows = conn.execute(query).all()
+    return _Batch(rows) if rows else None
+
+
+def _link(
+    conn: Connection,
+    link_rows: Sequence[Any],
+    migrate_rows: Sequence[Any],
+    payloads: dict[int, SnapshotPayload],
+    token: str,
+    now: datetime,
+) -> int:
+    """Create the snapshots of ``migrate_rows``, journal and link every run; return links made."""
+    if migrate_rows:
+        conn.execute(
+            insert(snaps),
+            [
+                {
+                    "recipe_id": r.recipe_id,
+                    "production_run_id": r.id,
+                    "scale_factor": 1.0,
+                    "snapshot_date": r.produced_at if r.produced_at is not None else now,
+                    "recipe_data": payloads[r.recipe_id].recipe_data,
+                    "ingredients_data": payloads[r.recipe_id].ingredients_data,
+                    "is_backfilled": True,
+                    "uuid": new_uuid(),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in migrate_rows
+            ],
+        )
+    run_ids = [r.id for r in link_rows] + [r.id for r in migrate_rows]
+    if not run_ids:
+        return 0
+    created_ids = [r.id for r in migrate_rows]
+    still_unlinked = and_(runs.c.id.in_(run_ids), runs.c.recipe_snapshot_id.is_(None))
+    # The journal copies updated_at in SQL so rollback restores it byte for byte.
+    conn.execute(
+        insert(journal).from_select(
+            [
+                "run_token",
+                "production_run_id",
+                "snapshot_id",
+                "created_snapshot",
+                "previous_updated_at",
+                "linked_at",
+            ],
+            select(
+                literal(token),
+                runs.c.id,
+                snaps.c.id,
+                runs.c.id.in_(created_ids) if created_ids else literal(False, Boolean),
+                runs.c.updated_at,
+                literal(now, DateTime),
+            )
+            .select_from(runs.join(snaps, snaps.c.production_run_id == runs.c.id))
+            .where(still_unlinked),
+        )
+    )
+    own_snapshot = (
+        select(snaps.c.id).where(snaps.c.production_run_id == runs.c.id).scalar_subquery()
+    )
+    result = conn.execute(
+        update(runs).where(still_unlinked).values(recipe_snapshot_id=own_snapshot, updated_at=now)
+    )
+    return int(result.rowcount)
+
+
+def _link_isolating_failures(
+    conn: Connection,
+    batch: _Batch,
+    payloads: dict[int, SnapshotPayload],
+    report: RunReport,
+) -> None:
+    """Write a batch; if it fails, redo it run by run and record the runs that fail."""
+    now = utc_now()
+    try:
+        with conn.begin_nested():
+            _link(conn, batch.link, batch.migrate, payloads, report.run_token, now)
+        report.linked_existing += len(batch.link)
+        report.migrated += len(batch.migrate)
+        return
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+    failures: list[RunError] = []
+    for row in [*batch.link, *batch.migrate]:
+        is_link = row in batch.link
+        try:
+            with conn.begin_nested():
+                _link(
+                    conn,
+                    [row] if is_link else [],
+                    [] if is_link else [row],
+                    payloads,
+                    report.run_token,
+                    now,
+                )
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            failures.append(RunError(row.id, describe_db_error(exc)))
+            continue
+        if is_link:
+            report.linked_existing += 1
+        else:
+            report.migrated += 1
+    attempted = len(batch.link) + len(batch.migrate)
+    if attempted > 1 and len(failures) == attempted:
+        # Every run failing the same way is the database refusing, not bad rows: stop.
+        raise BackfillError(
+            f"every run of a batch failed (runs {failures[0].run_id}..{failures[-1].run_id}); "
+            f"stopping: {failures[0].error}"
+        )
+    report.errors.extend(failures)
+
+
+def run(
+    engine: Engine,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    on_progress: Optional[ProgressCallback] = None,
+) -> RunReport:
+    """Backfill a snapshot for every unlinked run, one committed transaction per batch.
+
+    Safe to repeat and to resume: a second run finds nothing to do, and a run interrupted
+    between batches (Ctrl-C raises InterruptedRunError; a crash just stops) keeps every
+    committed batch, so the next run finishes the job. A run that fails to link (e.g. a
+    constraint) is recorded in the report's errors and the others go on.
+    """
+    _check_batch_size(batch_size)
+    started = time.monotonic()
+    with read_only(engine) as conn:
+        require_schema(conn)
+    with migration_lock(engine, lock_timeout):
+        report = RunReport(plan=plan(engine), run_token=new_uuid())
+        if report.plan.work:
+            try:
+                for progress in _run_batches(engine, batch_size, report):
+                    if on_progress is not None:
+                        on_progress(progress)
+            except KeyboardInterrupt:
+                report.interrupted = True
+                report.duration_s = time.monotonic() - started
+                raise InterruptedRunError(
+                    "interrupted: the batches committed so far are kept; "
+                    "run again to finish the job",
+                    report,
+                ) from None
+        report.skipped_orphans = report.plan.orphaned
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator[Progress]:
+    payloads: dict[int, SnapshotPayload] = {}
+    after = 0
+    with engine.connect() as conn:
+        with write_transaction(conn):
+            create_journal(conn)
+        while True:
+            with write_transaction(conn):
+                batch = _next_batch(conn, after, batch_size)
+                if batch is None:
+                    return
+                missing = {r.recipe_id for r in batch.migrate} - payloads.keys()
+                payloads.update(load_payloads(conn, missing))
+                _link_isolating_failures(conn, batch, payloads, report)
+            after = batch.last_id
+            report.batches += 1
+            done = report.migrated + report.linked_existing + len(report.errors)
+            yield Progress(done=done, total=report.plan.work, batches=report.batches)
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.listed: list[Problem] = []
+        self.total = 0
+
+    def add(self, problem: Problem) -> None:
+        self.total += 1
+        if len(self.listed) < MAX_PROBLEMS_LISTED:
+            self.listed.append(problem)
+
+
+def verify(engine: Engine) -> VerifyReport:
+    """Check every run and snapshot, read-only; ``ok`` only when nothing is wrong.
+
+    Every run whose recipe exists is linked to exactly one snapshot of its own; every
+    snapshot's JSON parses; every backfilled snapshot has is_backfilled true, scale_factor
+    1.0 and snapshot_date equal to its run's produced_at.
+    """
+    problems = _Problems()
+    with read_only(engine) as conn:
+        require_schema(conn)
+        runs_checked = int(conn.execute(select(func.count()).select_from(runs)).scalar_one())
+        snapshots_checked = int(conn.execute(select(func.count()).select_from(snaps)).scalar_one())
+        _check_links(conn, problems)
+        _check_snapshot_json(conn, problems)
+        _check_backfilled(conn, problems)
+        orphaned = list(
+            conn.execute(
+                select(runs.c.id)
+                .select_from(_unlinked_runs_joined())
+                .where(
+                    runs.c.recipe_snapshot_id.is_(None),
+                    snaps.c.id.is_(None),
+                    recipes.c.id.is_(None),
+                )
+                .order_by(runs.c.id)
+            ).scalars()
+        )
+    return VerifyReport(
+        runs_checked=runs_checked,
+        snapshots_checked=snapshots_checked,
+        orphaned_run_ids=orphaned,
+        problems=problems.listed,
+        problems_total=problems.total,
+    )
+
+
+def _check_links(conn: Connection, problems: _Problems) -> None:
+    unlinked = conn.execute(
+        select(runs.c.id, runs.c.recipe_id, snaps.c.id.label("snapshot_id"))
+        .select_from(
+            runs.join(recipes, recipes.c.id == runs.c.recipe_id).outerjoin(
+                snaps, snaps.c.production_run_id == runs.c.id
+            )
+        )
+        .where(runs.c.recipe_snapshot_id.is_(None))
+        .order_by(runs.c.id)
+    )
+    for row in unlinked:
+        detail = f"run {row.id} (recipe {row.recipe_id}) is not linked to a snapshot"
+        if row.snapshot_id is not None:
+            detail += f" although snapshot {row.snapshot_id} exists for it"
+        problems.add(Problem("unlinked_run", detail, run_id=row.id, snapshot_id=row.snapshot_id))
+    linked_target = snaps.alias("linked_target")
+    wrong = conn.execute(
+        select(runs.c.id, runs.c.recipe_snapshot_id, linked_target.c.production_run_id)
+        .select_from(runs.outerjoin(linked_target, linked_target.c.id == runs.c.recipe_snapshot_id))
+        .where(
+            runs.c.recipe_snapshot_id.is_not(None),
+            (linked_target.c.id.is_(None)) | (linked_target.c.production_run_id != runs.c.id),
+        )
+        .order_by(runs.c.id)
+    )
+    for row in wrong:
+        if row.production_run_id is None:
+            detail = f"run {row.id} links snapshot {row.recipe_snapshot_id}, which does not exist"
+        else:
+            detail = (
+                f"run {row.id} links snapshot {row.recipe_snapshot_id}, "
+                f"which belongs to run {row.production_run_id}"
+            )
+        problems.add(
+            Problem("wrong_link", detail, run_id=row.id, snapshot_id=row.recipe_snapshot_id)
+        )
+
+
+def _check_snapshot_json(conn: Connection, problems: _Problems) -> None:
+    rows = conn.execution_options(yield_per=1000).execute(
+        select(
+            snaps.c.id, snaps.c.production_run_id, snaps.c.recipe_data, snaps.c.ingredients_data
+        ).order_by(snaps.c.id)
+    )
+    for row in rows:
+        for column, expected in (("recipe_data", dict), ("ingredients_data", list)):
+            try:
+                value = json.loads(getattr(row, column))
+            except (TypeError, ValueError) as exc:
+                problems.add(
+                    Problem(
+                        "bad_json",
+                        f"snapshot {row.id}: {column} is not valid JSON ({exc})",
+                        run_id=row.production_run_id,
+                        snapshot_id=row.id,
+                    )
+                )
+                continue
+            if not isinstance(value, expected):
+                problems.add(
+                    Problem(
+                        "bad_json",
+                        f"snapshot {row.id}: {column} is a JSON {type(value).__name__}, "
+                        f"not a{'n object' if expected is dict else ' list'}",
+                        run_id=row.production_run_id,
+                        snapshot_id=row.id,
+                    )
+                )
+
+
+def _check_backfilled(conn: Connection, problems: _Problems) -> None:
+    # Candidates by SQL; confirmed in Python, where both dates are datetimes (SQLite keeps
+    # text, and two spellings of one instant must not count as a difference).
+    candidates = conn.execute(
+        select(
+            snaps.c.id,
+            snaps.c.production_run_id,
+            snaps.c.scale_factor,
+            snaps.c.snapshot_date,
+            runs.c.produced_at,
+        )
+        .select_from(snaps.join(runs, runs.c.id == snaps.c.production_run_id))
+        .where(
+            snaps.c.is_backfilled == True,
+            (snaps.c.scale_factor != 1.0) | (snaps.c.snapshot_date != runs.c.produced_at),
+        )
+        .order_by(snaps.c.id)
+    )
+    for row in candidates:
+        if row.scale_factor != 1.0:
+            problems.add(
+                Problem(
+                    "backfill_scale_factor",
+                    f"backfilled snapshot {row.id} has scale_factor {row.scale_factor}, not 1.0",
+                    run_id=row.production_run_id,
+                    snapshot_id=row.id,
+                )
+            )
+        if row.snapshot_date != row.produced_at:
+            problems.add(
+                Problem(
+                    "backfill_snapshot_date",
+                    f"backfilled snapshot {row.id} is dated {row.snapshot_date}, "
+                    f"but run {row.production_run_id} was produced at {row.produced_at}",
+                    run_id=row.production_run_id,
+                    snapshot_id=row.id,
+                )
+            )
+    if not journal_exists(conn):
+        return
+    not_flagged: Any = conn.execute(
+        select(journal.c.snapshot_id, journal.c.production_run_id)
+        .select_from(journal.join(snaps, snaps.c.id == journal.c.snapshot_id))
+        .where(journal.c.created_snapshot == True, snaps.c.is_backfilled == False)
+        .order_by(journal.c.snapshot_id)
+    )
+    for row in not_flagged:
+        problems.add(
+            Problem(
+                "backfill_flag",
+                f"snapshot {row.snapshot_id} was created by the backfill, "
+                "but is_backfilled is false",
+                run_id=row.production_run_id,
+                snapshot_id=row.snapshot_id,
+            )
+        )
+
+
+# --- rollback ----------------------------------------------------------------------------
+
+
+def rollback(
+    engine: Engine,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    on_progress: Optional[ProgressCallback] = None,
+) -> RollbackReport:
+    """Undo what this tool's runs did, as its journal records it, one batch at a time.
+
+    For each journaled link, the run is unlinked (only if it still points at the journaled
+    snapshot) and its previous ``updated_at`` restored (only if nobody changed the run since);
+    snapshots the tool created are deleted. Snapshots the application wrote, and backfilled
+    snapshots that predate the journal, are never touched. The journal is dropped once empty.
+    """
+    _check_batch_size(batch_size)
+    started = time.monotonic()
+    report = RollbackReport()
+    with read_only(engine) as conn:
+        require_schema(conn)
+    with migration_lock(engine, lock_timeout), engine.connect() as conn:
+        if not journal_exists(conn):
+            conn.rollback()
+            report.duration_s = time.monotonic() - started
+            return report
+        conn.rollback()
+        total = int(conn.execute(select(func.count()).select_from(journal)).scalar_one())
+        conn.rollback()
+        while True:
+            with write_transaction(conn):
+                ids = list(
+                    conn.execute(
+                        select(journal.c.id).order_by(journal.c.id).limit(batch_size)
+                    ).scalars()
+                )
+                if not ids:
+                    break
+                _undo(conn, ids, report)
+            report.batches += 1
+            if on_progress is not None:
+                on_progress(
+                    Progress(done=report.journal_entries, total=total, batches=report.batches)
+                )
+        with write_transaction(conn):
+            drop_journal(conn)
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def _undo(conn: Connection, ids: list[int], report: RollbackReport) -> None:
+    entries = journal.c.id.in_(ids)
+    ours = and_(
+        entries,
+        runs.c.id == journal.c.production_run_id,
+        runs.c.recipe_snapshot_id == journal.c.snapshot_id,
+    )
+    # Runs nobody touched since the link get their previous updated_at back ...
+    restored = conn.execute(
+        update(runs)
+        .where(ours, runs.c.updated_at == journal.c.linked_at)
+        .values(recipe_snapshot_id=None, updated_at=journal.c.previous_updated_at)
+    ).rowcount
+    # ... runs the application changed since keep the updated_at it wrote.
+    unlinked = conn.execute(update(runs).where(ours).values(recipe_snapshot_id=None)).rowcount
+    created_by_us = select(journal.c.snapshot_id).where(entries, journal.c.created_snapshot == True)
+    still_linked = exists().where(runs.c.recipe_snapshot_id == snaps.c.id)
+    deleted = conn.execute(
+        delete(snaps).where(snaps.c.id.in_(created_by_us), ~still_linked)
+    ).rowcount
+    conn.execute(delete(journal).where(entries))
+    report.journal_entries += len(ids)
+    report.runs_unlinked += int(restored) + int(unlinked)
+    report.snapshots_deleted += int(deleted)
+    report.left_alone += len(ids) - int(restored) - int(unlinked)

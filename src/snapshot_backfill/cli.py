@@ -1,0 +1,529 @@
+"""The command line: parse, call the library, print, and map errors to exit codes.
+
+Exit codes: 0 done; 1 verification failed or some runs errored; 2 usage or bad input
+(nothing changed); 3 another migrator holds the lock; 130 interrupted (committed batches
+are kept and a summary is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, NoReturn, Optional, TextIO
+
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from . import __version__, backfill
+from .backup import backup_sqlite
+from .database import (
+    ENV_VAR,
+    check_connection,
+    describe_db_error,
+    display_url,
+    is_sqlite,
+    open_engine,
+    resolve_url,
+    sqlite_path,
+)
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BackfillError,
+    BadInputError,
+    InterruptedRunError,
+)
+
+DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
+
+
+class Output:
+    """The one writer every command prints through (tests capture it)."""
+
+    def __init__(
+        self,
+        stdout: TextIO,
+        stderr: TextIO,
+        *,
+        quiet: bool = False,
+        as_json: bool = False,
+    ) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.quiet = quiet
+        self.as_json = as_json
+
+    def say(self, text: str = "") -> None:
+        """Print a line for a human (not with --quiet, and on stderr with --json)."""
+        if self.quiet:
+            return
+        print(text, file=self.stderr if self.as_json else self.stdout)
+
+    def error(self, text: str) -> None:
+        print(f"error: {text}", file=self.stderr)
+
+    def json(self, payload: dict[str, Any]) -> None:
+        print(json.dumps(payload, indent=2, default=str), file=self.stdout)
+
+
+# --- argument parsing ---------------------------------------------------------------------
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 through our error path (one line, no usage dump to stdout)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BadInputError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``snapshot-backfill`` argument parser."""
+    parser = _Parser(
+        prog="snapshot-backfill",
+        description="Backfill recipe snapshots for bake-tracker production runs.",
+        epilog=f"The database URL may also come from {ENV_VAR}; a bare path means a SQLite file.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def database_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})"
+        )
+        sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        sub.add_argument("--quiet", action="store_true", help="print nothing but errors")
+        sub.add_argument(
+            "--lock-timeout",
+            type=_seconds,
+            default=backfill.DEFAULT_LOCK_TIMEOUT_S,
+            metavar="SECONDS",
+            help="how long to wait for another migrator (default: %(default)s)",
+        )
+        return sub
+
+    def writing_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        sub.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=backfill.DEFAULT_BATCH_SIZE,
+            help="runs per committed transaction (default: %(default)s)",
+        )
+        backup = sub.add_mutually_exclusive_group()
+        backup.add_argument(
+            "--backup", type=Path, metavar="PATH", help="SQLite: where to write the backup"
+        )
+        backup.add_argument(
+            "--no-backup", action="store_true", help="SQLite: skip the backup before writing"
+        )
+
+    database_command("plan", "show what a run would do (read-only, changes nothing)")
+    run_parser = database_command("run", "backfill snapshots, one committed batch at a time")
+    writing_options(run_parser)
+    run_parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
+    database_command("verify", "check every run and snapshot; exit 1 on any problem")
+    writing_options(database_command("rollback", "undo what this tool's runs did"))
+
+    load = commands.add_parser("load-sample", help="create a database from a sample data file")
+    load.add_argument("--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})")
+    load.add_argument("--sample", type=Path, help="sample file (default: the bundled sample)")
+
+    demo = commands.add_parser(
+        "demo", help="build a SQLite database from the sample data, then plan, run and verify"
+    )
+    demo.add_argument("--path", type=Path, help="directory for the demo database (default: temp)")
+    return parser
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _engine_for(args: argparse.Namespace) -> Engine:
+    # SQLite waits for another program's lock as long as we would wait for another migrator.
+    engine = open_engine(resolve_url(args.database_url), busy_timeout=args.lock_timeout)
+    try:
+        check_connection(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _confirm(out: Output, question: str, assume_yes: bool, stdin: TextIO) -> None:
+    if assume_yes:
+        return
+    if not stdin.isatty():
+        raise BadInputError(
+            "refusing to write without confirmation: no terminal to ask; pass --yes"
+        )
+    print(f"{question} [y/N] ", end="", file=out.stderr, flush=True)
+    answer = stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise BadInputError("aborted: nothing was changed")
+
+
+def _protect(out: Output, engine: Engine, args: argparse.Namespace) -> None:
+    """Back up a SQLite file before writing; for servers, say which dump to take."""
+    url = engine.url
+    if is_sqlite(url):
+        database = sqlite_path(url)
+        if database is None or args.no_backup:
+            return
+        out.say(f"Backup: {backup_sqlite(database, args.backup)}")
+        return
+    out.say("Back up the database before writing, if you have not, e.g.:")
+    out.say(f"  {_dump_command(url)}")
+
+
+def _dump_command(url: URL) -> str:
+    host = f" -h {url.host}" if url.host else ""
+    port = f" -P {url.port}" if url.port else ""
+    user = url.username or ""
+    if url.get_backend_name() == "postgresql":
+        port = f" -p {url.port}" if url.port else ""
+        user_flag = f" -U {user}" if user else ""
+        return f"pg_dump -Fc{host}{port}{user_flag} -f {url.database}.dump {url.database}"
+    user_flag = f" -u {user}" if user else ""
+    return (
+        f"mysqldump --single-transaction{host}{port}{user_flag} {url.database} > {url.database}.sql"
+    )
+
+
+class _ProgressPrinter:
+    """A progress bar on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, out: Output, unit: str, stream: TextIO) -> None:
+        self.out = out
+        self.unit = unit
+        self.stream = stream
+        self.bar: Any = None
+        self.started = time.monotonic()
+        self.last_line = 0.0
+
+    def __call__(self, progress: backfill.Progress) -> None:
+        if self.out.quiet:
+            return
+        if self.stream.isatty():
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=progress.total, unit=self.unit, file=self.stream)
+            self.bar.update(progress.done - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 2.0 or progress.done >= progress.total:
+            self.last_line = now
+            rate = progress.done / max(now - self.started, 1e-9)
+            print(
+                f"  {progress.done}/{progress.total} {self.unit} "
+                f"({progress.batches} batches, {rate:,.0f} {self.unit}/s)",
+                file=self.stream,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- printing reports ---------------------------------------------------------------------
+
+
+def _ids(ids: Sequence[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
+    out.say(f"Database: {database}")
+    out.say(f"Production runs:                 {the_plan.total_runs:>8}")
+    out.say(f"  already linked:                {the_plan.already_linked:>8}")
+    out.say(f"  to link to existing snapshot:  {the_plan.to_link_existing:>8}")
+    out.say(f"  to migrate (new snapshot):     {the_plan.to_migrate:>8}")
+    out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>8}")
+    if the_plan.orphaned_run_ids:
+        out.say(f"  orphaned run ids: {_ids(the_plan.orphaned_run_ids)}")
+    if the_plan.per_recipe:
+        out.say("Per recipe:")
+        out.say(
+            f"  {'recipe':<36} {'runs':>6} {'linked':>7} {'migrate':>8} {'link':>5} {'orphan':>7}"
+        )
+        for r in the_plan.per_recipe:
+            name = f"{r.recipe_id} {r.recipe_name if r.recipe_name else '(deleted)'}"[:36]
+            out.say(
+                f"  {name:<36} {r.total_runs:>6} {r.already_linked:>7} {r.to_migrate:>8} "
+                f"{r.to_link_existing:>5} {r.orphaned:>7}"
+            )
+
+
+def _print_run_report(out: Output, report: backfill.RunReport) -> None:
+    out.say(
+        f"Migrated {report.migrated}, linked to existing {report.linked_existing}, "
+        f"skipped orphans {report.skipped_orphans}, errors {len(report.errors)} "
+        f"({report.batches} batches, {report.duration_s:.2f}s)"
+    )
+    for err in report.errors:
+        out.say(f"  run {err.run_id}: {err.error}")
+
+
+def _report_document(report: backfill.RunReport, database: str) -> dict[str, Any]:
+    return {**report.to_dict(), "tool_version": __version__, "database": database}
+
+
+def _check_report_path(path: Optional[Path]) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise BadInputError(f"cannot write --report {path}: directory {path.parent} does not exist")
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    engine = _engine_for(args)
+    try:
+        the_plan = backfill.plan(engine)
+    finally:
+        engine.dispose()
+    if out.as_json:
+        out.json(the_plan.to_dict())
+    else:
+        _print_plan(out, the_plan, display_url(engine.url))
+        out.say("Dry run: nothing was changed.")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    _check_report_path(args.report)
+    engine = _engine_for(args)
+    database = display_url(engine.url)
+    progress = _ProgressPrinter(out, "runs", out.stderr)
+    try:
+        the_plan = backfill.plan(engine)
+        if not out.as_json:
+            _print_plan(out, the_plan, database)
+        if the_plan.work:
+            _confirm(
+                out, f"Write snapshots for {the_plan.work} runs in {database}?", args.yes, stdin
+            )
+            _protect(out, engine, args)
+        try:
+            report = backfill.run(
+                engine,
+                batch_size=args.batch_size,
+                lock_timeout=args.lock_timeout,
+                on_progress=progress,
+            )
+        except InterruptedRunError as exc:
+            progress.close()
+            _finish_run(out, exc.report, database, args.report)
+            raise
+    finally:
+        progress.close()
+        engine.dispose()
+    _finish_run(out, report, database, args.report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _finish_run(
+    out: Output, report: backfill.RunReport, database: str, report_path: Optional[Path]
+) -> None:
+    document = _report_document(report, database)
+    if report_path is not None:
+        report_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    if out.as_json:
+        out.json(document)
+    else:
+        _print_run_report(out, report)
+
+
+def cmd_verify(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    engine = _engine_for(args)
+    try:
+        report = backfill.verify(engine)
+    finally:
+        engine.dispose()
+    if out.as_json:
+        out.json(report.to_dict())
+    else:
+        for problem in report.problems:
+            out.say(f"PROBLEM {problem.kind}: {problem.detail}")
+        if report.problems_total > len(report.problems):
+            out.say(f"... and {report.problems_total - len(report.problems)} more problems")
+        verdict = "OK" if report.ok else f"FAILED ({report.problems_total} problems)"
+        out.say(
+            f"Verify {verdict}: {report.runs_checked} runs, {report.snapshots_checked} snapshots "
+            f"checked; {len(report.orphaned_run_ids)} orphaned runs (recipe gone) left unlinked"
+        )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    engine = _engine_for(args)
+    database = display_url(engine.url)
+    progress = _ProgressPrinter(out, "entries", out.stderr)
+    try:
+        _confirm(out, f"Undo every backfill this tool journaled in {database}?", args.yes, stdin)
+        _protect(out, engine, args)
+        report = backfill.rollback(
+            engine,
+            batch_size=args.batch_size,
+            lock_timeout=args.lock_timeout,
+            on_progress=progress,
+        )
+    finally:
+        progress.close()
+        engine.dispose()
+    if out.as_json:
+        out.json(report.to_dict())
+    else:
+        out.say(
+            f"Rolled back {report.journal_entries} journal entries: {report.runs_unlinked} runs "
+            f"unlinked, {report.snapshots_deleted} snapshots deleted, {report.left_alone} left "
+            f"alone (changed since) ({report.duration_s:.2f}s)"
+        )
+    return EXIT_OK
+
+
+def cmd_load_sample(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    from .sample_data import DEFAULT_SAMPLE_PATH, load_sample_file
+
+    url = resolve_url(args.database_url)
+    report = load_sample_file(url, args.sample or DEFAULT_SAMPLE_PATH)
+    out.say(f"Loaded {args.sample or DEFAULT_SAMPLE_PATH} into {display_url(url)}")
+    for table, count in report.to_dict().get("inserted", {}).items():
+        out.say(f"  {table}: {count}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    from .sample_data import DEFAULT_SAMPLE_PATH, load_sample_file
+
+    directory = args.path or Path(tempfile.mkdtemp(prefix="snapshot-backfill-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    database = directory / DEMO_DATABASE_NAME
+    for leftover in directory.glob(DEMO_DATABASE_NAME + "*"):
+        leftover.unlink()
+    url = URL.create("sqlite", database=str(database.absolute()))
+    out.say(f"== load-sample: {DEFAULT_SAMPLE_PATH.name} -> {database}")
+    load_sample_file(url, DEFAULT_SAMPLE_PATH)
+    common = ["--database-url", str(database)]
+    steps: list[tuple[str, list[str], Callable[..., int]]] = [
+        ("plan", ["plan", *common], cmd_plan),
+        ("run", ["run", *common, "--yes"], cmd_run),
+        ("run again (changes nothing)", ["run", *common, "--yes", "--no-backup"], cmd_run),
+        ("verify", ["verify", *common], cmd_verify),
+    ]
+    parser = build_parser()
+    code = EXIT_OK
+    for title, argv, command in steps:
+        out.say()
+        out.say(f"== {title}")
+        code = command(parser.parse_args(argv), out, stdin)
+        if code != EXIT_OK:
+            return code
+    out.say()
+    out.say(f"Demo database kept at {database}")
+    out.say(f"Undo the backfill with: snapshot-backfill rollback --database-url {database}")
+    return code
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Output, TextIO], int]] = {
+    "plan": cmd_plan,
+    "run": cmd_run,
+    "verify": cmd_verify,
+    "rollback": cmd_rollback,
+    "load-sample": cmd_load_sample,
+    "demo": cmd_demo,
+}
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
+    raise KeyboardInterrupt
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    *,
+    stdout: Optional[TextIO] = None,
+    stderr: Optional[TextIO] = None,
+    stdin: Optional[TextIO] = None,
+) -> int:
+    """Run the command line; return the exit code."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    stdin = stdin or sys.stdin
+    out = Output(stdout, stderr)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+        out.quiet = getattr(args, "quiet", False)
+        out.as_json = getattr(args, "json", False)
+        # A polite kill (SIGTERM) stops between batches like Ctrl-C does.
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            return COMMANDS[args.command](args, out, stdin)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except InterruptedRunError as exc:
+        out.error(str(exc))
+        return exc.exit_code
+    except BackfillError as exc:
+        if debug:
+            traceback.print_exc(file=stderr)
+        out.error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        out.error("interrupted: nothing more was written")
+        return EXIT_INTERRUPTED
+    except OperationalError as exc:
+        # Locked, read-only, unreachable, out of space: the environment, not our data.
+        if debug:
+            traceback.print_exc(file=stderr)
+        out.error(f"database error: {describe_db_error(exc)} (committed batches are kept)")
+        return EXIT_BAD_INPUT
+    except DBAPIError as exc:
+        if debug:
+            traceback.print_exc(file=stderr)
+        out.error(f"database error: {describe_db_error(exc)}")
+        return EXIT_FAILED
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc(file=stderr)
+        out.error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return EXIT_FAILED
+
+
+__all__ = ["EXIT_BAD_INPUT", "build_parser", "main"]
