@@ -55,7 +55,7 @@ def resolve_url(value: Optional[str], environ: Mapping[str, str] = os.environ) -
         return URL.create("sqlite", database=str(Path(raw).expanduser().absolute()))
     try:
         url = sa.make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise BadInputError(
             f"invalid database URL: {mask_password(raw)} "
             "(expected e.g. sqlite:///path/to.db, postgresql://user@host/db, mysql://user@host/db)"

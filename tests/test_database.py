@@ -1,0 +1,196 @@
+"""Opening databases: URLs, masking, SQLite files that must exist, read-only transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
+
+from snapshot_backfill.database import (
+    ENV_VAR,
+    check_connection,
+    display_url,
+    mask_password,
+    open_engine,
+    read_only,
+    resolve_url,
+    write_transaction,
+)
+from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:secret@db/x", "postgresql://u:***@db/x"),
+        (
+            "mysql+pymysql://root:p%40ss@127.0.0.1:3306/test",
+            "mysql+pymysql://root:***@127.0.0.1:3306/test",
+        ),
+        (
+            "see postgres://a:b@h/d and mysql://c:d@h/e",
+            "see postgres://a:***@h/d and mysql://c:***@h/e",
+        ),
+        ("postgresql://nopassword@db/x", "postgresql://nopassword@db/x"),
+        ("/plain/path.sqlite", "/plain/path.sqlite"),
+    ],
+)
+def test_mask_password_hides_every_password(given: str, expected: str) -> None:
+    assert mask_password(given) == expected
+
+
+def test_display_url_never_shows_the_password() -> None:
+    url = resolve_url("postgresql://user:hunter2@db.example:5432/bakery")
+    assert "hunter2" not in display_url(url)
+    assert display_url(url) == "postgresql+psycopg://user:***@db.example:5432/bakery"
+
+
+def test_bare_path_means_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = resolve_url("bake.sqlite")
+    assert url.get_backend_name() == "sqlite"
+    assert url.database == str(tmp_path / "bake.sqlite")
+
+
+@pytest.mark.parametrize(
+    ("given", "driver"),
+    [
+        ("postgresql://h/db", "postgresql+psycopg"),
+        ("postgres://h/db", "postgresql+psycopg"),
+        ("mysql://h/db", "mysql+pymysql"),
+        ("mariadb://h/db", "mariadb+pymysql"),
+        ("postgresql+psycopg://h/db", "postgresql+psycopg"),
+        ("sqlite:///x.db", "sqlite"),
+    ],
+)
+def test_short_urls_get_the_installed_drivers(given: str, driver: str) -> None:
+    assert resolve_url(given).drivername == driver
+
+
+def test_the_environment_variable_is_the_fallback() -> None:
+    url = resolve_url(None, {ENV_VAR: "postgresql://u@h/from_env"})
+    assert url.database == "from_env"
+    assert resolve_url("mysql://u@h/given", {ENV_VAR: "postgresql://u@h/env"}).database == "given"
+
+
+def test_no_url_at_all_says_how_to_give_one() -> None:
+    with pytest.raises(BadInputError, match=f"--database-url.*{ENV_VAR}"):
+        resolve_url(None, {})
+
+
+def test_an_invalid_url_is_reported_with_its_password_masked() -> None:
+    with pytest.raises(BadInputError) as caught:
+        resolve_url("postgresql://user:topsecret@host:notaport/db")
+    assert "invalid database URL" in str(caught.value)
+    assert "topsecret" not in str(caught.value)
+
+
+def test_a_missing_sqlite_file_is_refused_and_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "typo.sqlite"
+    with pytest.raises(DatabaseUnavailableError, match="does not exist"):
+        open_engine(resolve_url(str(path)))
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_is_explicit(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    engine = open_engine(resolve_url(str(path)), create=True)
+    try:
+        check_connection(engine)
+    finally:
+        engine.dispose()
+    assert path.exists()
+
+
+def test_a_directory_is_not_a_database(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnavailableError, match="is a directory"):
+        open_engine(resolve_url(str(tmp_path)))
+
+
+def test_a_file_that_is_not_a_database_fails_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not a database, just text that is long enough to have a header\n" * 20)
+    before = path.read_bytes()
+    engine = open_engine(resolve_url(str(path)))
+    try:
+        with pytest.raises(DatabaseUnavailableError, match="not a SQLite database"):
+            check_connection(engine)
+    finally:
+        engine.dispose()
+    assert path.read_bytes() == before
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Path:
+    path = tmp_path / "db.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+    conn.close()
+    return path
+
+
+def test_sqlite_connections_enforce_foreign_keys(sqlite_db: Path) -> None:
+    engine = open_engine(resolve_url(str(sqlite_db)))
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+    finally:
+        engine.dispose()
+
+
+def test_read_only_is_enforced_by_sqlite_itself(sqlite_db: Path) -> None:
+    before = sqlite_db.read_bytes()
+    engine = open_engine(resolve_url(str(sqlite_db)))
+    try:
+        with read_only(engine) as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+            with pytest.raises(OperationalError, match="readonly"):
+                conn.exec_driver_sql("INSERT INTO t (v) VALUES ('b')")
+        # The pooled connection is writable again for the next user.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 0
+    finally:
+        engine.dispose()
+    assert sqlite_db.read_bytes() == before
+
+
+def test_write_transaction_takes_the_write_lock_up_front(sqlite_db: Path) -> None:
+    engine = open_engine(resolve_url(str(sqlite_db)))
+    other = sqlite3.connect(sqlite_db, timeout=0)
+    try:
+        # Nothing written yet, but BEGIN IMMEDIATE already holds the write lock.
+        refused = pytest.raises(sqlite3.OperationalError, match="locked")
+        with engine.connect() as conn, write_transaction(conn), refused:
+            other.execute("INSERT INTO t (v) VALUES ('other')")
+        other.execute("INSERT INTO t (v) VALUES ('after')")
+        other.commit()
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_a_server_that_is_not_there_is_one_clear_error() -> None:
+    engine = open_engine(resolve_url("postgresql://nobody:pw@127.0.0.1:1/none?connect_timeout=2"))
+    try:
+        with pytest.raises(DatabaseUnavailableError) as caught:
+            check_connection(engine)
+    finally:
+        engine.dispose()
+    assert "cannot open postgresql+psycopg://nobody:***@127.0.0.1:1/none" in str(caught.value)
+    assert "pw@" not in str(caught.value)
+
+
+def test_engine_url_round_trip_keeps_sqlite_path(sqlite_db: Path) -> None:
+    engine = open_engine(resolve_url(str(sqlite_db)))
+    try:
+        assert display_url(engine.url) == str(sqlite_db)
+        assert isinstance(engine, sa.Engine)
+    finally:
+        engine.dispose()
