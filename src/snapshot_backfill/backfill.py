@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from .database import describe_db_error, read_only, write_transaction
+from .database import describe_db_error, read_only, require_writable, write_transaction
 from .errors import BackfillError, BadInputError, InterruptedRunError
 from .journal import create_journal, drop_journal, journal, journal_exists
 from .locking import migration_lock
@@ -451,6 +451,7 @@ def run(
     started = time.monotonic()
     with read_only(engine) as conn:
         require_schema(conn)
+    require_writable(engine)
     with migration_lock(engine, lock_timeout):
         report = RunReport(plan=plan(engine), run_token=new_uuid())
         if report.plan.work:
@@ -692,6 +693,7 @@ def rollback(
     report = RollbackReport()
     with read_only(engine) as conn:
         require_schema(conn)
+    require_writable(engine)
     with migration_lock(engine, lock_timeout), engine.connect() as conn:
         if not journal_exists(conn):
             conn.rollback()

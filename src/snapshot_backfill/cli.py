@@ -31,6 +31,7 @@ from .database import (
     display_url,
     is_sqlite,
     open_engine,
+    require_writable,
     resolve_url,
     sqlite_path,
 )
@@ -333,6 +334,7 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
         if not out.as_json:
             _print_plan(out, the_plan, database)
         if the_plan.work:
+            require_writable(engine)
             _confirm(
                 out, f"Write snapshots for {the_plan.work} runs in {database}?", args.yes, stdin
             )
@@ -393,6 +395,7 @@ def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     database = display_url(engine.url)
     progress = _ProgressPrinter(out, "entries", out.stderr)
     try:
+        require_writable(engine)
         _confirm(out, f"Undo every backfill this tool journaled in {database}?", args.yes, stdin)
         _protect(out, engine, args)
         report = backfill.rollback(

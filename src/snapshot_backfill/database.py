@@ -157,6 +157,21 @@ def check_connection(engine: Engine) -> None:
         ) from None
 
 
+def require_writable(engine: Engine) -> None:
+    """Refuse, before anything is written, a SQLite file (or its directory) we cannot write."""
+    if not is_sqlite(engine):
+        return
+    path = sqlite_path(engine.url)
+    if path is None:
+        return
+    if not os.access(path, os.W_OK):
+        raise DatabaseUnavailableError(f"{path} is read-only: nothing can be written to it")
+    if not os.access(path.parent, os.W_OK):
+        raise DatabaseUnavailableError(
+            f"{path.parent} is read-only: SQLite needs to write its journal beside {path.name}"
+        )
+
+
 def describe_db_error(exc: BaseException) -> str:
     """The first line of a driver error, password-masked, without SQLAlchemy's boilerplate."""
     orig = getattr(exc, "orig", None) or exc
