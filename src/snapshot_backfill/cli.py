@@ -46,6 +46,8 @@ from .errors import (
 )
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
+MIN_SQLITE_BUSY_TIMEOUT_S = 5.0
+WRITING_COMMANDS = ("run", "rollback")
 
 
 class Output:
@@ -172,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_for(args: argparse.Namespace) -> Engine:
-    # SQLite waits for another program's lock as long as we would wait for another migrator.
-    engine = open_engine(resolve_url(args.database_url), busy_timeout=args.lock_timeout)
+    # SQLite waits for another program's lock as long as we would wait for another migrator,
+    # and never less than the application's own 5 s: its transactions (and a second
+    # migrator's read-only plan) hold the file for moments that must not fail a batch.
+    busy_timeout = max(args.lock_timeout, MIN_SQLITE_BUSY_TIMEOUT_S)
+    engine = open_engine(resolve_url(args.database_url), busy_timeout=busy_timeout)
     try:
         check_connection(engine)
     except BaseException:
@@ -281,10 +286,10 @@ def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
             f"  {'recipe':<36} {'runs':>6} {'linked':>7} {'migrate':>8} {'link':>5} {'orphan':>7}"
         )
         for r in the_plan.per_recipe:
-            name = f"{r.recipe_id} {r.recipe_name if r.recipe_name else '(deleted)'}"[:36]
+            name = (r.recipe_name if r.recipe_name else "(deleted)")[:36]
             out.say(
-                f"  {name:<36} {r.total_runs:>6} {r.already_linked:>7} {r.to_migrate:>8} "
-                f"{r.to_link_existing:>5} {r.orphaned:>7}"
+                f"  {r.recipe_id:>4} {name:<36} {r.total_runs:>6} {r.already_linked:>7} "
+                f"{r.to_migrate:>8} {r.to_link_existing:>5} {r.orphaned:>7}"
             )
 
 
@@ -488,8 +493,10 @@ def main(
     stdin = stdin or sys.stdin
     out = Output(stdout, stderr)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    command: Optional[str] = None
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         out.quiet = getattr(args, "quiet", False)
         out.as_json = getattr(args, "json", False)
         # A polite kill (SIGTERM) stops between batches like Ctrl-C does.
@@ -513,7 +520,8 @@ def main(
         # Locked, read-only, unreachable, out of space: the environment, not our data.
         if debug:
             traceback.print_exc(file=stderr)
-        out.error(f"database error: {describe_db_error(exc)} (committed batches are kept)")
+        kept = " (batches committed before are kept)" if command in WRITING_COMMANDS else ""
+        out.error(f"database error: {describe_db_error(exc)}{kept}")
         return EXIT_BAD_INPUT
     except DBAPIError as exc:
         if debug:

@@ -19,6 +19,7 @@ from .errors import BadInputError, DatabaseUnavailableError
 
 ENV_VAR = "SNAPSHOT_BACKFILL_DATABASE_URL"
 SQLITE_BUSY_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10
 
 # The short forms people type, mapped to the drivers this project installs (psycopg 3, PyMySQL)
 # instead of SQLAlchemy's historical defaults (psycopg2, mysqlclient).
@@ -29,6 +30,7 @@ _DEFAULT_DRIVERS = {
     "mariadb": "mariadb+pymysql",
 }
 _EXTRA_FOR_BACKEND = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+_LOCK_ERROR = re.compile(r"database is locked|lock timeout|lock wait timeout", re.IGNORECASE)
 _PASSWORD_IN_TEXT = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 
 
@@ -92,15 +94,29 @@ def open_engine(
 ) -> Engine:
     """Create an engine for ``url``; a SQLite file must exist unless ``create`` is true.
 
-    SQLite connections get ``foreign_keys=ON`` and a busy timeout, and transactions that
-    really begin (``BEGIN`` is emitted by us, ``BEGIN IMMEDIATE`` for writers), which pysqlite
-    otherwise defers. A missing SQLite file is an error, never silently created: a typo in
-    the path would otherwise "migrate" an empty new database.
+    ``busy_timeout`` bounds how long a statement waits for a lock another connection holds
+    (SQLite's busy timeout, PostgreSQL's ``lock_timeout``, MariaDB's ``lock_wait_timeout``),
+    so a locked database is an error, never a hang; servers also get a connect timeout.
+    SQLite connections get ``foreign_keys=ON`` and transactions that really begin (``BEGIN``
+    is emitted by us, ``BEGIN IMMEDIATE`` for writers), which pysqlite otherwise defers. A
+    missing SQLite file is an error, never silently created: a typo in the path would
+    otherwise "migrate" an empty new database.
     """
     if is_sqlite(url):
         return _open_sqlite(url, create=create, busy_timeout=busy_timeout, **engine_kwargs)
+    connect_args = dict(engine_kwargs.pop("connect_args", {}))
+    wait_s = max(1, int(busy_timeout + 0.999))
+    if url.get_backend_name() == "postgresql":
+        connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+        connect_args.setdefault("options", f"-c lock_timeout={int(busy_timeout * 1000)}")
+    elif url.get_backend_name() in ("mysql", "mariadb"):
+        connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+        connect_args.setdefault(
+            "init_command",
+            f"SET SESSION lock_wait_timeout = {wait_s}, innodb_lock_wait_timeout = {wait_s}",
+        )
     try:
-        return sa.create_engine(url, **engine_kwargs)
+        return sa.create_engine(url, connect_args=connect_args, **engine_kwargs)
     except (NoSuchModuleError, ImportError, ModuleNotFoundError) as exc:
         extra = _EXTRA_FOR_BACKEND.get(url.get_backend_name())
         hint = f"; install it with: pip install 'snapshot-backfill[{extra}]'" if extra else ""
@@ -175,9 +191,15 @@ def require_writable(engine: Engine) -> None:
 def describe_db_error(exc: BaseException) -> str:
     """The first line of a driver error, password-masked, without SQLAlchemy's boilerplate."""
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    args = getattr(orig, "args", ())
+    if len(args) == 2 and isinstance(args[0], int):  # PyMySQL: (errno, message)
+        text = str(args[1])
+    else:
+        text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     if isinstance(orig, sqlite3.DatabaseError) and "not a database" in text:
         text = "the file is not a SQLite database"
+    elif _LOCK_ERROR.search(text):
+        text = f"the database is locked by another connection ({text})"
     return mask_password(text)
 
 

@@ -43,6 +43,12 @@ class SampleDataError(BadInputError):
         self.problem = problem
 
 
+class RunAbortedError(BackfillError):
+    """The database refused every write of a batch; the run stopped (committed batches kept)."""
+
+    exit_code = EXIT_FAILED
+
+
 class LockedError(BackfillError):
     """Another migrator holds the migration lock."""
 
