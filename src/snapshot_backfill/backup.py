@@ -11,9 +11,17 @@ from .errors import BadInputError
 
 
 def default_backup_path(database: Path, *, now: Optional[datetime] = None) -> Path:
-    """Name a timestamped backup next to ``database``: ``name.backup-YYYYmmddTHHMMSSZ.ext``."""
+    """Name a new timestamped backup next to ``database``: ``name.backup-YYYYmmddTHHMMSSZ.ext``.
+
+    Two backups within one second (an upgrade, then a run) get ``-2``, ``-3``, ... appended.
+    """
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
-    return database.with_name(f"{database.stem}.backup-{stamp}{database.suffix}")
+    candidate = database.with_name(f"{database.stem}.backup-{stamp}{database.suffix}")
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = database.with_name(f"{database.stem}.backup-{stamp}-{number}{database.suffix}")
+    return candidate
 
 
 def backup_sqlite(database: Path, destination: Optional[Path] = None) -> Path:
