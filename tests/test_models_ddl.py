@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from shared_spec import APP_SCHEMA, require
 
-from snapshot_backfill.models import Base
+from snapshot_backfill.models import Base, pre_snapshot_metadata
+
+from shared_spec import APP_SCHEMA, require
 
 OUR_TABLES = sorted(Base.metadata.tables)
 
@@ -95,3 +96,41 @@ def test_no_server_defaults_on_the_common_columns(our_engine: Any) -> None:
         for name in ("uuid", "created_at", "updated_at"):
             assert columns[name]["default"] is None, f"{table}.{name} has a server default"
             assert columns[name]["nullable"] is False, f"{table}.{name} is nullable"
+
+
+def test_a_server_create_all_does_not_drop_the_cycle_key_from_sqlite() -> None:
+    """SQLAlchemy marks a key it created by ALTER as never inline; ours is reset after."""
+    statements: list[str] = []
+    server = sa.create_mock_engine(
+        "mysql+pymysql://", lambda sql, *a, **k: statements.append(str(sql))
+    )
+    Base.metadata.create_all(server, checkfirst=False)
+    Base.metadata.drop_all(server, checkfirst=False)
+    assert any("ADD CONSTRAINT fk_production_runs_recipe_snapshot_id" in s for s in statements)
+    engine = sa.create_engine("sqlite://")
+    try:
+        Base.metadata.create_all(engine)
+        keys = sa.inspect(engine).get_foreign_keys("production_runs")
+    finally:
+        engine.dispose()
+    assert ("recipe_snapshot_id",) in {tuple(k["constrained_columns"]) for k in keys}
+
+
+def test_the_pre_snapshot_tables_keep_their_foreign_keys() -> None:
+    old = pre_snapshot_metadata()
+    keys = {
+        (t.name, fk.parent.name, fk.column.table.name, fk.ondelete)
+        for t in old.tables.values()
+        for fk in t.foreign_keys
+    }
+    assert keys == {
+        ("ingredients", "parent_ingredient_id", "ingredients", None),
+        ("recipe_ingredients", "recipe_id", "recipes", "CASCADE"),
+        ("recipe_ingredients", "ingredient_id", "ingredients", "RESTRICT"),
+        ("finished_units", "recipe_id", "recipes", "RESTRICT"),
+        ("production_runs", "recipe_id", "recipes", "RESTRICT"),
+        ("production_runs", "finished_unit_id", "finished_units", "RESTRICT"),
+    }
+    assert "recipe_snapshots" not in old.tables
+    assert "recipe_snapshot_id" not in old.tables["production_runs"].c
+    assert "variant_name" not in old.tables["recipes"].c

@@ -13,7 +13,7 @@ import enum
 import uuid as uuid_module
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import (
     Boolean,
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -290,6 +291,21 @@ class RecipeSnapshot(CommonColumns, Base):
     is_backfilled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+@event.listens_for(Base.metadata, "after_create")
+@event.listens_for(Base.metadata, "after_drop")
+def _keep_cycle_key_inline(target: MetaData, connection: Any, **kw: Any) -> None:
+    """Undo SQLAlchemy's process-wide mark on the use_alter key after a create or drop.
+
+    Creating or dropping the cycle's key by ALTER (PostgreSQL, MariaDB) marks it "never
+    inline" for the rest of the process, so a later create_all on SQLite, where the key can
+    only be inline, would silently leave it out.
+    """
+    for table in target.tables.values():
+        for key in table.foreign_key_constraints:
+            if key.use_alter:
+                key._create_rule = None
+
+
 APPLICATION_TABLES = tuple(Base.metadata.sorted_tables)
 APPLICATION_TABLE_NAMES = frozenset(t.name for t in APPLICATION_TABLES)
 
@@ -326,6 +342,11 @@ def pre_snapshot_metadata() -> MetaData:
             metadata,
             *(column._copy() for column in table.columns if column.name not in dropped),
         )
+        # Column._copy() leaves foreign keys behind: copy each whose columns survive, in the
+        # models' order (MariaDB numbers unnamed keys in creation order).
+        for key in sorted(table.foreign_key_constraints, key=lambda k: k._creation_order):
+            if not {c.name for c in key.columns} & dropped:
+                old.append_constraint(key._copy())
         for constraint in table.constraints:
             if isinstance(constraint, CheckConstraint):
                 text = str(constraint.sqltext)
