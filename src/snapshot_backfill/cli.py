@@ -44,10 +44,11 @@ from .errors import (
     BadInputError,
     InterruptedRunError,
 )
+from .models import pre_snapshot_metadata
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
 MIN_SQLITE_BUSY_TIMEOUT_S = 5.0
-WRITING_COMMANDS = ("run", "rollback")
+WRITING_COMMANDS = ("run", "rollback", "upgrade-schema")
 
 
 class Output:
@@ -136,14 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    def writing_options(sub: argparse.ArgumentParser) -> None:
+    def writing_options(sub: argparse.ArgumentParser, *, batched: bool = True) -> None:
         sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        sub.add_argument(
-            "--batch-size",
-            type=_positive_int,
-            default=backfill.DEFAULT_BATCH_SIZE,
-            help="runs per committed transaction (default: %(default)s)",
-        )
+        if batched:
+            sub.add_argument(
+                "--batch-size",
+                type=_positive_int,
+                default=backfill.DEFAULT_BATCH_SIZE,
+                help="runs per committed transaction (default: %(default)s)",
+            )
         backup = sub.add_mutually_exclusive_group()
         backup.add_argument(
             "--backup", type=Path, metavar="PATH", help="SQLite: where to write the backup"
@@ -158,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
     database_command("verify", "check every run and snapshot; exit 1 on any problem")
     writing_options(database_command("rollback", "undo what this tool's runs did"))
+    upgrade = database_command(
+        "upgrade-schema", "add the tables and columns of the snapshot feature to an old database"
+    )
+    writing_options(upgrade, batched=False)
+    upgrade.add_argument(
+        "--dry-run", action="store_true", help="print the SQL it would run; change nothing"
+    )
 
     load = commands.add_parser("load-sample", help="create a database from a sample data file")
     load.add_argument("--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})")
@@ -167,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="build a SQLite database from the sample data, then plan, run and verify"
     )
     demo.add_argument("--path", type=Path, help="directory for the demo database (default: temp)")
+    demo.add_argument(
+        "--from-old-schema",
+        action="store_true",
+        help="start from a database of before the snapshot feature: upgrade-schema first",
+    )
     return parser
 
 
@@ -283,7 +297,7 @@ def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
     if the_plan.per_recipe:
         out.say("Per recipe:")
         out.say(
-            f"  {'recipe':<36} {'runs':>6} {'linked':>7} {'migrate':>8} {'link':>5} {'orphan':>7}"
+            f"  {'recipe':<41} {'runs':>6} {'linked':>7} {'migrate':>8} {'link':>5} {'orphan':>7}"
         )
         for r in the_plan.per_recipe:
             name = (r.recipe_name if r.recipe_name else "(deleted)")[:36]
@@ -423,6 +437,52 @@ def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    from .schema_upgrade import plan_upgrade, upgrade_schema
+
+    engine = _engine_for(args)
+    database = display_url(engine.url)
+    try:
+        plan = plan_upgrade(engine)
+        if args.dry_run or plan.already_current:
+            if out.as_json:
+                out.json(_upgrade_document(plan, executed=0, dry_run=args.dry_run))
+            elif plan.already_current:
+                out.say(f"{database} already has the snapshot schema: nothing to do.")
+            else:
+                print(plan.sql_script(), end="", file=out.stdout)
+                out.say("-- dry run: nothing was changed")
+            return EXIT_OK
+        require_writable(engine)
+        out.say(f"{database} lacks: " + "; ".join(g.describe() for g in plan.gaps))
+        _confirm(out, f"Apply {len(plan.steps)} schema steps to {database}?", args.yes, stdin)
+        report = upgrade_schema(
+            engine,
+            backup=lambda: _protect(out, engine, args),
+            lock_timeout=args.lock_timeout,
+        )
+    finally:
+        engine.dispose()
+    if out.as_json:
+        out.json(_upgrade_document(report.plan, executed=len(report.steps_executed)))
+    else:
+        for step in report.steps_executed:
+            out.say(f"  step {step.number}/{step.total}: {step.description}")
+        out.say(f"Schema upgraded: {len(report.steps_executed)} steps applied.")
+    return EXIT_OK
+
+
+def _upgrade_document(plan: Any, *, executed: int, dry_run: bool = False) -> dict[str, Any]:
+    return {
+        "already_current": plan.already_current,
+        "dry_run": dry_run,
+        "missing": [g.describe() for g in plan.gaps],
+        "steps": [s.description for s in plan.steps],
+        "steps_executed": executed,
+        "sql": plan.sql_script(),
+    }
+
+
 def cmd_load_sample(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     from .sample_data import DEFAULT_SAMPLE_PATH, load_sample_file
 
@@ -443,10 +503,20 @@ def cmd_demo(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     for leftover in directory.glob(DEMO_DATABASE_NAME + "*"):
         leftover.unlink()
     url = URL.create("sqlite", database=str(database.absolute()))
-    out.say(f"== load-sample: {DEFAULT_SAMPLE_PATH.name} -> {database}")
-    load_sample_file(url, DEFAULT_SAMPLE_PATH)
+    old_schema = args.from_old_schema
+    schema = " (the schema of before the snapshot feature)" if old_schema else ""
+    out.say(f"== load-sample: {DEFAULT_SAMPLE_PATH.name} -> {database}{schema}")
+    load_sample_file(
+        url, DEFAULT_SAMPLE_PATH, **({"metadata": pre_snapshot_metadata()} if old_schema else {})
+    )
     common = ["--database-url", str(database)]
-    steps: list[tuple[str, list[str], Callable[..., int]]] = [
+    steps: list[tuple[str, list[str], Callable[..., int]]] = []
+    if old_schema:
+        steps += [
+            ("upgrade-schema --dry-run", ["upgrade-schema", *common, "--dry-run"], cmd_upgrade),
+            ("upgrade-schema", ["upgrade-schema", *common, "--yes"], cmd_upgrade),
+        ]
+    steps += [
         ("plan", ["plan", *common], cmd_plan),
         ("run", ["run", *common, "--yes"], cmd_run),
         ("run again (changes nothing)", ["run", *common, "--yes", "--no-backup"], cmd_run),
@@ -471,6 +541,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output, TextIO], int]] = {
     "run": cmd_run,
     "verify": cmd_verify,
     "rollback": cmd_rollback,
+    "upgrade-schema": cmd_upgrade,
     "load-sample": cmd_load_sample,
     "demo": cmd_demo,
 }
