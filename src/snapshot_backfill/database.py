@@ -191,7 +191,7 @@ def require_writable(engine: Engine) -> None:
 def describe_db_error(exc: BaseException) -> str:
     """The first line of a driver error, password-masked, without SQLAlchemy's boilerplate."""
     orig = getattr(exc, "orig", None) or exc
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     if len(args) == 2 and isinstance(args[0], int):  # PyMySQL: (errno, message)
         text = str(args[1])
     else:
