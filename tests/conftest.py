@@ -81,8 +81,11 @@ BACKEND_PARAMS = [
     pytest.param(POSTGRESQL, id=POSTGRESQL, marks=pytest.mark.postgresql),
     pytest.param(MARIADB, id=MARIADB, marks=pytest.mark.mariadb),
 ]
-# The large state is a few seconds per test on a server; still part of every default run.
-STATE_PARAMS = [pytest.param(name, id=name) for name in states.STATE_NAMES]
+# The large state takes seconds per test on a server: marked slow, still in every default run.
+STATE_PARAMS = [
+    pytest.param(name, id=name, marks=[pytest.mark.slow] if name in states.SLOW_STATES else [])
+    for name in states.STATE_NAMES
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

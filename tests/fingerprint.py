@@ -245,9 +245,9 @@ def _table_diff(a: TableImage, b: TableImage) -> Iterable[str]:
     if a.rows == b.rows:
         return
     before, after = a.keyed(), b.keyed()
-    removed = [k for k in before if k not in after]
-    added = [k for k in after if k not in before]
-    changed = [k for k in before if k in after and before[k] != after[k]]
+    removed = sorted((k for k in before if k not in after), key=_natural)
+    added = sorted((k for k in after if k not in before), key=_natural)
+    changed = sorted((k for k in before if k in after and before[k] != after[k]), key=_natural)
     yield (
         f"table {a.name}: {len(changed)} rows changed, {len(added)} added, {len(removed)} removed"
     )
@@ -260,6 +260,11 @@ def _table_diff(a: TableImage, b: TableImage) -> Iterable[str]:
         yield f"    + {_show(b.columns, after[k])}"
     for k in removed:
         yield f"    - {_show(a.columns, before[k])}"
+
+
+def _natural(key: Row) -> tuple[tuple[int, Any], ...]:
+    """Order keys as their values would sort: 2 before 10 (ids are canonical text here)."""
+    return tuple((0, int(v)) if v.lstrip("-").isdigit() else (1, v) for v in key)
 
 
 def _show_key(key: tuple[str, ...], values: Row) -> str:

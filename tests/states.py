@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,9 +53,11 @@ import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
+from snapshot_backfill import backfill
 from snapshot_backfill.backfill import (
     MAX_PROBLEMS_LISTED,
     Plan,
+    Progress,
     RollbackReport,
     RunReport,
     VerifyReport,
@@ -382,39 +382,15 @@ def _populate_mixed(engine: Engine, seed: int) -> dict[str, Any]:
         archived = f.RecipeFactory(archived=True)
         gone = f.RecipeFactory()
         live = [plain, variant, bare, missing, archived]
-        # Kinds interleaved by run id, so that every batch of 7 mixes them.
-        pattern = [
-            "migrate",
-            "linked",
-            "migrate",
-            "dangling",
-            "orphan",
-            "migrate",
-            "backfilled",
-            "migrate",
-            "migrate",
-            "dangling-backfilled",
-            "linked",
-            "migrate",
-            "orphan",
-            "migrate",
-            "migrate",
-            "linked",
-            "migrate",
-            "dangling",
-            "migrate",
-            "migrate",
-            "backfilled",
-            "migrate",
-            "orphan",
-            "migrate",
-            "migrate",
-            "migrate",
-            "linked",
-            "migrate",
-            "migrate",
-            "dangling",
-        ]
+        # Kinds interleaved by run id, so that every batch of 7 mixes them, and batches of 7
+        # end on an orphan (unlinked run 7), a dangling snapshot (14) and an orphan (21): the
+        # runs a batch boundary bug would walk twice or skip. (Thirty kinds read as a sentence.)
+        pattern = (  # noqa: SIM905
+            "migrate linked migrate dangling orphan migrate migrate backfilled orphan "
+            "dangling-backfilled migrate migrate linked migrate migrate migrate linked dangling "
+            "migrate migrate migrate migrate migrate migrate backfilled orphan migrate migrate "
+            "linked dangling"
+        ).split()
         for i, kind in enumerate(pattern):
             recipe = gone if kind == "orphan" else live[i % 5]
             if kind == "migrate":
@@ -930,6 +906,8 @@ BUILDERS: dict[str, Callable[[Engine], StateInfo]] = {
     "real_schema": build_real_schema,
 }
 STATE_NAMES = tuple(BUILDERS)
+# Seconds per test on a server (thousands of runs): marked ``slow`` (deselect: -m "not slow").
+SLOW_STATES = ("large",)
 
 
 def build_state(name: str, engine: Engine) -> StateInfo:
@@ -941,9 +919,61 @@ def build_state(name: str, engine: Engine) -> StateInfo:
     return builder(engine)
 
 
-def state_seed(name: str) -> int:
-    """A fixed seed per state name (for tests that build one state twice)."""
-    return zlib.crc32(name.encode())
+# === running the migrator in tests =========================================================
+
+LOCK_TIMEOUT_S = 5.0
+
+
+class RunawayRun(AssertionError):
+    """A run or rollback took far more batches than the state allows: it is looping."""
+
+
+def _guard(
+    limit: int, what: str, then: Optional[Callable[[Progress], None]]
+) -> Callable[[Progress], None]:
+    def on_progress(progress: Progress) -> None:
+        if progress.batches > limit:
+            raise RunawayRun(f"{what} is on batch {progress.batches}, more than {limit}: a loop")
+        if then is not None:
+            then(progress)
+
+    return on_progress
+
+
+def _batches(rows: int, size: int) -> int:
+    return -(-rows // size)
+
+
+def run_backfill(
+    engine: Engine,
+    info: StateInfo,
+    *,
+    on_progress: Optional[Callable[[Progress], None]] = None,
+    batch_size: Optional[int] = None,
+) -> RunReport:
+    """``backfill.run`` at the state's batch size; a run that loops fails instead of hanging."""
+    size = batch_size or info.batch_size
+    limit = 2 * _batches(len(info.unlinked), size) + 5
+    return backfill.run(
+        engine,
+        batch_size=size,
+        lock_timeout=LOCK_TIMEOUT_S,
+        on_progress=_guard(limit, f"a run of state {info.name}", on_progress),
+    )
+
+
+def rollback_backfill(
+    engine: Engine, info: StateInfo, *, batch_size: Optional[int] = None
+) -> RollbackReport:
+    """``backfill.rollback`` at the state's batch size; a rollback that loops fails."""
+    size = batch_size or info.batch_size
+    limit = 2 * _batches(len(info.work), size) + 5
+    return backfill.rollback(
+        engine,
+        batch_size=size,
+        lock_timeout=LOCK_TIMEOUT_S,
+        on_progress=_guard(limit, f"a rollback of state {info.name}", None),
+    )
 
 
 # === invariant checks ======================================================================
@@ -1393,21 +1423,3 @@ def sqlite_files(path: Path) -> dict[str, bytes]:
         if candidate.exists():
             out[candidate.name] = candidate.read_bytes()
     return out
-
-
-def sqlite_connect_raw(path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection (for checks that must bypass the library)."""
-    return sqlite3.connect(str(path))
-
-
-__all__: Sequence[str] = [
-    "STATE_NAMES",
-    "Blueprint",
-    "RecipeSpec",
-    "RunSpec",
-    "StateInfo",
-    "StateUnavailable",
-    "build_blueprint",
-    "build_state",
-    "observe",
-]
