@@ -570,12 +570,15 @@ def main(
         command = args.command
         out.quiet = getattr(args, "quiet", False)
         out.as_json = getattr(args, "json", False)
-        # A polite kill (SIGTERM) stops between batches like Ctrl-C does.
-        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        # A polite kill (SIGTERM) stops between batches like Ctrl-C does; and Ctrl-C works
+        # even where the process was started with SIGINT ignored (a background job).
+        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return COMMANDS[args.command](args, out, stdin)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
     except InterruptedRunError as exc:
         out.error(str(exc))
         return exc.exit_code
