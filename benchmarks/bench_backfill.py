@@ -277,7 +277,7 @@ class PostgresBackend(ServerBackend):
             name: self._admin(f"SELECT current_setting('{name}')")[0][0]
             for name in ("shared_buffers", "synchronous_commit")
         }
-        return f"{version} ({', '.join(f'{k}={v}' for k, v in settings.items())}), local socket"
+        return f"{version} ({', '.join(f'{k}={v}' for k, v in settings.items())}), TCP on localhost"
 
 
 class MariadbBackend(ServerBackend):
