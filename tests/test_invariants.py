@@ -262,8 +262,9 @@ def test_rollback_restores_the_database(backend: Backend, state: StateInfo, engi
 # --- batch boundaries ---------------------------------------------------------------------
 
 # partially_migrated has 24 unlinked runs: batches of one, of three and seven (which end on an
-# orphan or a dangling snapshot), exactly all of them, and more than all of them.
-BATCH_SIZES = (1, 3, 7, 24, 25)
+# orphan or a dangling snapshot), exactly all of them, and more than all of them. The servers
+# (same Python, other SQL) get the telling ones.
+BATCH_SIZES = {"sqlite": (1, 3, 7, 24, 25), "postgresql": (1, 7, 25), "mariadb": (1, 7, 25)}
 
 
 def test_every_batch_size_walks_each_unlinked_run_once(
@@ -272,7 +273,8 @@ def test_every_batch_size_walks_each_unlinked_run_once(
     """Whatever the batch size: ceil(unlinked / size) batches, progress that only grows, and
     the same database at the end (normalized: uuids and timestamps aside)."""
     reference: Optional[Fingerprint] = None
-    for size in BATCH_SIZES:
+    sizes = BATCH_SIZES[backend.kind]
+    for size in sizes:
         state = dataclasses.replace(build_state("partially_migrated"), batch_size=size)
         where = {**_where(state, backend), "batch size": size}
         engine = backend.make_engine()
@@ -288,9 +290,7 @@ def test_every_batch_size_walks_each_unlinked_run_once(
         found = fingerprint.take(engine, normalized=True)
         if reference is None:
             reference = found
-        assert_same(
-            reference, found, f"batch size {size} ends elsewhere than {BATCH_SIZES[0]}", where
-        )
+        assert_same(reference, found, f"batch size {size} ends elsewhere than {sizes[0]}", where)
 
 
 # --- the states themselves ----------------------------------------------------------------
