@@ -12,6 +12,20 @@ from sqlalchemy.engine import Connection
 
 from .models import ingredients, recipe_ingredients, recipe_snapshots, recipes
 
+# The recipes columns a snapshot's recipe_data holds, in the application's order (schema.md).
+RECIPE_DATA_COLUMNS = (
+    "name",
+    "category",
+    "source",
+    "yield_quantity",
+    "yield_unit",
+    "yield_description",
+    "estimated_time_minutes",
+    "notes",
+    "variant_name",
+    "is_production_ready",
+)
+
 MISSING_INGREDIENT_NAME = "Unknown"
 MISSING_INGREDIENT_SLUG = ""
 
@@ -75,19 +89,9 @@ def load_payloads(conn: Connection, recipe_ids: Iterable[int]) -> dict[int, Snap
     if not wanted:
         return {}
     recipe_rows = conn.execute(
-        select(
-            recipes.c.id,
-            recipes.c.name,
-            recipes.c.category,
-            recipes.c.source,
-            recipes.c.yield_quantity,
-            recipes.c.yield_unit,
-            recipes.c.yield_description,
-            recipes.c.estimated_time_minutes,
-            recipes.c.notes,
-            recipes.c.variant_name,
-            recipes.c.is_production_ready,
-        ).where(recipes.c.id.in_(wanted))
+        select(recipes.c.id, *(recipes.c[name] for name in RECIPE_DATA_COLUMNS)).where(
+            recipes.c.id.in_(wanted)
+        )
     ).all()
     lines: dict[int, list[dict[str, Any]]] = {row.id: [] for row in recipe_rows}
     line_rows = conn.execute(

@@ -49,6 +49,7 @@ from .errors import (
     SampleDataError,
 )
 from .models import Base, YieldMode, new_uuid, utc_now
+from .payload import RECIPE_DATA_COLUMNS
 
 __all__ = [
     "DEFAULT_SAMPLE_PATH",
@@ -1303,7 +1304,7 @@ class _Parser:
         deleted_recipes: set[str],
     ) -> list[SnapshotEntry]:
         known = ("run", "linked", "scale_factor", "snapshot_date", "is_backfilled", "recipe_data")
-        recipe_data_keys = _RECIPE_DATA_KEYS
+        recipe_data_keys = RECIPE_DATA_COLUMNS
         path = _json_path(ext_path, "recipe_snapshots")
         snapshots: list[SnapshotEntry] = []
         seen: dict[int, str] = {}
@@ -1360,21 +1361,6 @@ class _Parser:
                 )
             )
         return snapshots
-
-
-# The keys of recipe_snapshots.recipe_data, in the application's order (schema.md).
-_RECIPE_DATA_KEYS = (
-    "name",
-    "category",
-    "source",
-    "yield_quantity",
-    "yield_unit",
-    "yield_description",
-    "estimated_time_minutes",
-    "notes",
-    "variant_name",
-    "is_production_ready",
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1865,7 +1851,7 @@ _RECIPE_NULLS: dict[str, Any] = {
 def _recipe_data(recipe: RecipeEntry) -> dict[str, Any]:
     """Build recipe_data from the recipe's row, as the application's snapshot writer does."""
     columns = {**_RECIPE_NULLS, **recipe.columns}
-    return {key: columns.get(key) for key in _RECIPE_DATA_KEYS}
+    return {key: columns.get(key) for key in RECIPE_DATA_COLUMNS}
 
 
 def _sqlite_set_foreign_keys(raw: sqlite3.Connection, enabled: bool) -> None:

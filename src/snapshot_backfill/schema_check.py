@@ -16,22 +16,11 @@ from .models import (
     recipe_snapshots,
     recipes,
 )
+from .payload import RECIPE_DATA_COLUMNS
 
 # Every column the migrator touches; a real database may have more tables and columns.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    recipes.name: (
-        "id",
-        "name",
-        "category",
-        "source",
-        "yield_quantity",
-        "yield_unit",
-        "yield_description",
-        "estimated_time_minutes",
-        "notes",
-        "variant_name",
-        "is_production_ready",
-    ),
+    recipes.name: ("id", *RECIPE_DATA_COLUMNS),
     ingredients.name: ("id", "display_name", "slug"),
     recipe_ingredients.name: ("id", "recipe_id", "ingredient_id", "quantity", "unit", "notes"),
     production_runs.name: ("id", "recipe_id", "recipe_snapshot_id", "produced_at", "updated_at"),
