@@ -139,8 +139,8 @@ class StateInfo:
 
     @property
     def verify_problems_before(self) -> tuple[int, ...]:
-        """The runs ``verify`` must flag before the backfill: unlinked, recipe present."""
-        return tuple(r for r in self.work if self.run_recipe[r] in self.recipe_ids)
+        """The runs ``verify`` must flag before the backfill: every run a run would link."""
+        return self.work
 
     def expected_plan(self) -> dict[str, Any]:
         """The plan's counts, as ``Plan`` names them."""
@@ -1296,7 +1296,7 @@ def check_verify(
     after_run: bool,
     snapshots: Optional[int] = None,
 ) -> None:
-    """Before a run verify flags exactly the unlinked runs whose recipe exists; after, nothing."""
+    """Before a run verify flags exactly the runs a run would link; after, nothing."""
     expected_problems = () if after_run else info.verify_problems_before
     flagged = tuple(sorted(p.run_id for p in report.problems if p.run_id is not None))
     listed = min(len(expected_problems), MAX_PROBLEMS_LISTED)  # verify lists the first ones

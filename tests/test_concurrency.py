@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
-from snapshot_backfill.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK
+from snapshot_backfill.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, RunAbortedError
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import new_uuid, production_runs, recipe_snapshots, utc_now
 
@@ -242,3 +242,53 @@ def _no_stray_migrators() -> Iterator[None]:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=PROCESS_TIMEOUT_S)
+
+
+def test_a_batch_changed_under_the_migrator_is_rolled_back_and_a_rerun_finishes(
+    backend: Backend, build_state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that ignores the batch's locks: the counts would lie, so the run stops."""
+    info = build_state("partially_migrated")
+    engine = backend.make_engine()
+    read_batch = backfill._next_batch
+    changed: list[Any] = []
+
+    def next_batch_then_link_one(conn: sa.Connection, after: int, size: int) -> Any:
+        batch = read_batch(conn, after, size)
+        if batch is not None and batch.link and not changed:
+            run = batch.link[0]
+            conn.execute(
+                sa.update(production_runs)
+                .where(production_runs.c.id == run.id)
+                .values(recipe_snapshot_id=run.snapshot_id)
+            )
+            changed.append(batch)
+        return batch
+
+    monkeypatch.setattr(backfill, "_next_batch", next_batch_then_link_one)
+    with pytest.raises(RunAbortedError, match="another writer changed them meanwhile"):
+        backfill.run(engine, batch_size=info.batch_size)
+    assert changed, "the state must have a batch with a run to link to its existing snapshot"
+    batch = changed[0]
+    batch_runs = [r.id for r in (*batch.link, *batch.migrate)]
+    with engine.connect() as conn:
+        linked_in_batch = conn.execute(
+            sa.select(production_runs.c.id).where(
+                production_runs.c.id.in_(batch_runs),
+                production_runs.c.recipe_snapshot_id.is_not(None),
+            )
+        ).all()
+        snapshots_of_batch = conn.execute(
+            sa.select(recipe_snapshots.c.id).where(
+                recipe_snapshots.c.production_run_id.in_([r.id for r in batch.migrate])
+            )
+        ).all()
+    assert linked_in_batch == [], "nothing of the changed batch may be kept"
+    assert snapshots_of_batch == [], "the changed batch's snapshots must be rolled back"
+    done_before = journal_rows(engine)
+    assert done_before == len([r for r in info.work if r < min(batch_runs)])
+
+    monkeypatch.setattr(backfill, "_next_batch", read_batch)
+    again = backfill.run(engine, batch_size=info.batch_size)
+    assert again.migrated + again.linked_existing == len(info.work) - done_before
+    assert_every_run_done_once(engine, info, backend.describe())

@@ -418,8 +418,12 @@ def _link(
     migrate_rows: Sequence[Any],
     token: str,
     now: datetime,
-) -> int:
-    """Create the snapshots of ``migrate_rows``, journal and link every run; return links made."""
+) -> None:
+    """Create the snapshots of ``migrate_rows``, journal and link every run.
+
+    Raises RunAbortedError if the database wrote other counts than the batch asked for (a
+    writer that does not honour the batch's locks): the caller rolls the batch back.
+    """
     created_ids = [r.id for r in migrate_rows]
     if created_ids:
         # One INSERT ... SELECT per batch: the payloads come from the run's temporary payload
@@ -470,7 +474,7 @@ def _link(
     link_ids = [r.id for r in link_rows]
     run_ids = link_ids + created_ids
     if not run_ids:
-        return 0
+        return
     still_unlinked = and_(_among(conn, runs.c.id, run_ids), runs.c.recipe_snapshot_id.is_(None))
     # The journal copies updated_at in SQL so rollback restores it byte for byte.
     conn.execute(
@@ -499,10 +503,15 @@ def _link(
     own_snapshot = (
         select(snaps.c.id).where(snaps.c.production_run_id == runs.c.id).scalar_subquery()
     )
-    result = conn.execute(
+    linked = conn.execute(
         update(runs).where(still_unlinked).values(recipe_snapshot_id=own_snapshot, updated_at=now)
-    )
-    return int(result.rowcount)
+    ).rowcount
+    if linked != len(run_ids):
+        raise RunAbortedError(
+            f"linked {linked} of the {len(run_ids)} runs of a batch (runs {min(run_ids)}.."
+            f"{max(run_ids)}): another writer changed them meanwhile; the batch was rolled "
+            "back, run again to finish the job"
+        )
 
 
 def _link_isolating_failures(conn: Connection, batch: _Batch, report: RunReport) -> None:
@@ -648,7 +657,8 @@ class _Problems:
 def verify(engine: Engine) -> VerifyReport:
     """Check every run and snapshot, read-only; ``ok`` only when nothing is wrong.
 
-    Every run whose recipe exists is linked to exactly one snapshot of its own; every
+    Every run whose recipe exists, or whose snapshot row exists, is linked to exactly one
+    snapshot of its own; every
     snapshot's JSON parses; every backfilled snapshot has is_backfilled true, scale_factor
     1.0 and snapshot_date equal to its run's produced_at.
     """
@@ -682,14 +692,15 @@ def verify(engine: Engine) -> VerifyReport:
 
 
 def _check_links(conn: Connection, problems: _Problems) -> None:
+    # Every unlinked run is a problem except an orphan (no recipe and no snapshot row): a run
+    # whose recipe is gone but whose snapshot exists is one a run would link.
     unlinked = conn.execute(
         select(runs.c.id, runs.c.recipe_id, snaps.c.id.label("snapshot_id"))
-        .select_from(
-            runs.join(recipes, recipes.c.id == runs.c.recipe_id).outerjoin(
-                snaps, snaps.c.production_run_id == runs.c.id
-            )
+        .select_from(_unlinked_runs_joined())
+        .where(
+            runs.c.recipe_snapshot_id.is_(None),
+            recipes.c.id.is_not(None) | snaps.c.id.is_not(None),
         )
-        .where(runs.c.recipe_snapshot_id.is_(None))
         .order_by(runs.c.id)
     )
     for row in unlinked:

@@ -202,7 +202,8 @@ class ExpectedCounts:
 
     ``already_linked``: runs whose ``recipe_snapshot_id`` is set; ``link_existing``: unlinked
     runs that already have a snapshot row; ``to_migrate``: unlinked runs whose recipe exists
-    and that have no snapshot; ``orphaned``: runs whose recipe row is gone. The ``*_refs``
+    and that have no snapshot; ``orphaned``: unlinked runs with no snapshot row whose recipe
+    row is gone. The ``*_refs``
     tuples name the runs that have a ``ref``.
     """
 
@@ -272,14 +273,17 @@ class SampleData:
         unlinked_with_snapshot: list[RunEntry] = []
         orphaned: list[RunEntry] = []
         to_migrate = 0
+        # The backfill's order: a run's link and snapshot row first, its recipe only when a
+        # snapshot would have to be made (validation refuses a snapshot for a run of a
+        # deleted recipe, so the order matters only to keep the two readings one).
         for run in self.production_runs:
             snapshot = snapshots.get(run.index)
-            if run.recipe_slug in deleted:
-                orphaned.append(run)
-            elif snapshot is not None and snapshot.linked:
+            if snapshot is not None and snapshot.linked:
                 linked.append(run)
             elif snapshot is not None:
                 unlinked_with_snapshot.append(run)
+            elif run.recipe_slug in deleted:
+                orphaned.append(run)
             else:
                 to_migrate += 1
 
