@@ -35,6 +35,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL, Engine
 
 from snapshot_backfill import backfill
+from snapshot_backfill.errors import LockedError
+from snapshot_backfill.locking import migration_lock
 from snapshot_backfill.models import production_runs, recipe_snapshots
 
 import fingerprint
@@ -237,6 +239,49 @@ def test_second_run_writes_nothing(backend: Backend, state: StateInfo, engine: E
     assert_same(
         after_first, fingerprint.take(engine), "the second run wrote to the database", where
     )
+
+
+def test_a_no_op_run_given_its_plan_neither_locks_nor_plans_again(
+    backend: Backend, build_state: Callable[[str], StateInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = build_state("already_migrated")
+    engine = backend.make_engine()
+    the_plan = backfill.plan(engine)
+    assert the_plan.work == 0, explain("already_migrated has work", {"backend": backend.describe()})
+    planned: list[int] = []
+    real_plan = backfill._plan
+    monkeypatch.setattr(backfill, "_plan", lambda conn: planned.append(1) or real_plan(conn))
+    before = fingerprint.take(engine)
+
+    with migration_lock(engine, timeout=1):
+        with pytest.raises(LockedError):
+            backfill.run(engine, lock_timeout=0)
+        report = backfill.run(engine, lock_timeout=0, known_plan=the_plan)
+
+    assert planned == [], "a run given a plan that found nothing must not plan again"
+    assert report.plan is the_plan
+    assert (report.migrated, report.linked_existing, report.batches) == (0, 0, 0)
+    assert report.skipped_orphans == len(info.orphaned)
+    assert_same(
+        before, fingerprint.take(engine), "a no-op run wrote", {"backend": backend.describe()}
+    )
+
+
+def test_a_plan_that_found_work_is_made_again_under_the_lock(
+    backend: Backend, build_state: Callable[[str], StateInfo]
+) -> None:
+    info = build_state("partially_migrated")
+    engine = backend.make_engine()
+    stale = backfill.plan(engine)
+    assert stale.work == len(info.work) > 0
+    backfill.run(engine, batch_size=info.batch_size)  # someone finishes the job meanwhile
+
+    report = backfill.run(engine, batch_size=info.batch_size, known_plan=stale)
+
+    assert report.plan.work == 0, explain(
+        "the stale plan was trusted", {"backend": backend.describe()}
+    )
+    assert (report.migrated, report.linked_existing) == (0, 0)
 
 
 def test_rollback_restores_the_database(backend: Backend, state: StateInfo, engine: Engine) -> None:

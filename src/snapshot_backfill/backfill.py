@@ -563,6 +563,7 @@ def run(
     batch_size: int = DEFAULT_BATCH_SIZE,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_progress: Optional[ProgressCallback] = None,
+    known_plan: Optional[Plan] = None,
 ) -> RunReport:
     """Backfill a snapshot for every unlinked run, one committed transaction per batch.
 
@@ -570,9 +571,20 @@ def run(
     between batches (Ctrl-C raises InterruptedRunError; a crash just stops) keeps every
     committed batch, so the next run finishes the job. A run that fails to link (e.g. a
     constraint) is recorded in the report's errors and the others go on.
+
+    ``known_plan`` is a plan the caller has just made (to show it, or to ask): if it found
+    nothing to do, the run reports it at once, without the lock and without planning again
+    (a no-op run costs one plan). If it found work, the run plans again under the lock, as
+    the database may have changed since.
     """
     _check_batch_size(batch_size)
     started = time.monotonic()
+    if known_plan is not None and not known_plan.work:
+        report = RunReport(
+            plan=known_plan, run_token=new_uuid(), skipped_orphans=known_plan.orphaned
+        )
+        report.duration_s = time.monotonic() - started
+        return report
     with read_only(engine) as conn:
         require_schema(conn)
     require_writable(engine)

@@ -364,6 +364,7 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
                 batch_size=args.batch_size,
                 lock_timeout=args.lock_timeout,
                 on_progress=progress,
+                known_plan=the_plan,
             )
         except InterruptedRunError as exc:
             progress.close()
