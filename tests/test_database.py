@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
+from snapshot_backfill import backfill
 from snapshot_backfill.database import (
     ENV_VAR,
     check_connection,
@@ -20,6 +23,9 @@ from snapshot_backfill.database import (
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
+
+from backends import Backend
+from states import StateInfo
 
 
 @pytest.mark.parametrize(
@@ -194,3 +200,67 @@ def test_engine_url_round_trip_keeps_sqlite_path(sqlite_db: Path) -> None:
         assert isinstance(engine, sa.Engine)
     finally:
         engine.dispose()
+
+
+def _statistics_stamps(engine: sa.Engine) -> dict[str, Any]:
+    """When each written table's planner statistics were last refreshed (None: never)."""
+    tables = ("production_runs", "recipe_snapshots")
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            has_stats = sa.inspect(conn).has_table("sqlite_stat1")
+            return {t: "sqlite_stat1" if has_stats else None for t in tables}
+        if engine.dialect.name == "postgresql":
+            rows = conn.execute(
+                sa.text(
+                    "SELECT relname, last_analyze FROM pg_stat_user_tables "
+                    "WHERE relname IN ('production_runs', 'recipe_snapshots')"
+                )
+            )
+        else:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_name, last_update FROM mysql.innodb_table_stats "
+                    "WHERE database_name = DATABASE() "
+                    "AND table_name IN ('production_runs', 'recipe_snapshots')"
+                )
+            )
+        stamps = {name: stamp for name, stamp in rows}
+        conn.rollback()
+    return {t: stamps.get(t) for t in tables}
+
+
+def test_a_run_and_a_rollback_refresh_server_statistics_but_not_sqlites(
+    backend: Backend, build_state: Callable[[str], StateInfo]
+) -> None:
+    info = build_state("partially_migrated")
+    engine = backend.make_engine()
+    before = _statistics_stamps(engine)
+    time.sleep(1.1)  # MariaDB stamps its statistics to the second
+
+    backfill.run(engine, batch_size=info.batch_size)
+    after_run = _statistics_stamps(engine)
+    time.sleep(1.1)
+    backfill.rollback(engine)
+    after_rollback = _statistics_stamps(engine)
+
+    if backend.is_sqlite:
+        assert before == after_run == after_rollback == dict.fromkeys(before), (
+            "the migrator must never create sqlite_stat1 (the application runs no ANALYZE)"
+        )
+        return
+    for table in before:
+        assert after_run[table] is not None, f"{table}: no statistics after a run"
+        assert before[table] is None or after_run[table] > before[table], table
+        assert after_rollback[table] > after_run[table], f"{table}: not refreshed by rollback"
+
+
+def test_a_no_op_run_leaves_the_statistics_alone(
+    backend: Backend, build_state: Callable[[str], StateInfo]
+) -> None:
+    build_state("already_migrated")
+    engine = backend.make_engine()
+    before = _statistics_stamps(engine)
+    time.sleep(1.1)
+    report = backfill.run(engine)
+    assert report.migrated + report.linked_existing == 0
+    assert _statistics_stamps(engine) == before

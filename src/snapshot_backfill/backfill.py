@@ -40,7 +40,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from .database import describe_db_error, read_only, require_writable, write_transaction
+from .database import (
+    describe_db_error,
+    read_only,
+    refresh_statistics,
+    require_writable,
+    write_transaction,
+)
 from .errors import BadInputError, InterruptedRunError, RunAbortedError
 from .journal import create_journal, drop_journal, journal, journal_exists
 from .locking import migration_lock
@@ -68,6 +74,8 @@ MAX_PROBLEMS_LISTED = 1000
 
 runs = production_runs
 snaps = recipe_snapshots
+# The tables a run or rollback rewrites most rows of (their statistics are refreshed after).
+WRITTEN_TABLES = (production_runs.name, recipe_snapshots.name)
 
 
 @dataclass
@@ -604,6 +612,8 @@ def run(
                     report,
                 ) from None
         report.skipped_orphans = report.plan.orphaned
+        if report.migrated or report.linked_existing:
+            refresh_statistics(engine, WRITTEN_TABLES)
     report.duration_s = time.monotonic() - started
     return report
 
@@ -881,6 +891,8 @@ def rollback(
                 )
         with write_transaction(conn):
             drop_journal(conn)
+    if report.runs_unlinked or report.snapshots_deleted:
+        refresh_statistics(engine, WRITTEN_TABLES)
     report.duration_s = time.monotonic() - started
     return report
 
