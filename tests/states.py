@@ -30,20 +30,36 @@ real_schema        SQLite only: the application's full 33-table schema
                    production_consumptions, so a fingerprint covers tables beyond ours
 ================== ============================================================================
 
+One more state holds the schema of before the snapshot feature, so the backfill refuses it until
+``upgrade-schema`` has run; it is not in ``STATE_NAMES`` (the invariant suites run the backfill
+on every state there) but in ``PRE_SNAPSHOT_STATE_NAMES``, and ``build_state`` builds it too:
+
+=================== ===========================================================================
+pre_snapshot_schema our six tables as they were before the snapshot feature (no
+                    ``recipe_snapshots``, no snapshot-era columns), with history: recipes with
+                    ingredients (one archived, one without ingredients, one whose ingredient was
+                    deleted), runs of each interleaved by id, two recipes deleted under their
+                    runs with foreign-key enforcement off; every run is unlinked
+=================== ===========================================================================
+
 Every builder checks its declaration against an independent reading of the database
 (``observe``): a builder that declared something it did not build fails at once, with both.
 
 The second half of this module holds the invariant checks shared by ``test_invariants.py`` and
 ``test_property.py``; each raises AssertionError saying which state, backend and run ids, and
 what was expected and found.
+
+The last part holds what the upgrade tests share (``test_schema_upgrade.py``,
+``test_pre_snapshot_state.py``): the schema reflected comparably, the reference schema the
+models create, and an ``on_step`` hook that interrupts an upgrade between two steps.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -68,11 +84,13 @@ from snapshot_backfill.models import (
     YieldMode,
     finished_units,
     ingredients,
+    pre_snapshot_metadata,
     production_runs,
     recipe_ingredients,
     recipe_snapshots,
     recipes,
 )
+from snapshot_backfill.schema_upgrade import UpgradeStep
 
 import factories as f
 from fingerprint import Fingerprint, changed_rows, explain
@@ -191,20 +209,25 @@ def observe(engine: Engine, name: str = "observed", **extra: Any) -> StateInfo:
     """Classify every run of the database in plain Python, from the raw rows.
 
     The order follows the migrator's documented classification: linked; else a snapshot row
-    exists for it (link it); else its recipe exists (migrate); else orphaned.
+    exists for it (link it); else its recipe exists (migrate); else orphaned. A database of
+    before the snapshot feature (no ``recipe_snapshots`` table) has no links and no snapshots.
     """
     with engine.connect() as conn:
+        snapshot_schema = sa.inspect(conn).has_table(recipe_snapshots.name)
+        link = production_runs.c.recipe_snapshot_id if snapshot_schema else sa.null()
         runs = conn.execute(
             select(
                 production_runs.c.id,
                 production_runs.c.recipe_id,
-                production_runs.c.recipe_snapshot_id,
+                link.label("recipe_snapshot_id"),
             )
         ).all()
         recipe_ids = frozenset(conn.execute(select(recipes.c.id)).scalars())
-        snaps = conn.execute(
-            select(recipe_snapshots.c.id, recipe_snapshots.c.production_run_id)
-        ).all()
+        snaps = (
+            conn.execute(select(recipe_snapshots.c.id, recipe_snapshots.c.production_run_id)).all()
+            if snapshot_schema
+            else []
+        )
         conn.rollback()
     snapshot_of = {s.production_run_id: s.id for s in snaps}
     linked, link, migrate, orphans = [], {}, [], []
@@ -733,9 +756,19 @@ def random_blueprint(rng: random.Random, *, runs: int) -> Blueprint:
 
 
 def build_blueprint(
-    engine: Engine, bp: Blueprint, name: str, *, batch_size: int = SMALL_BATCH
+    engine: Engine,
+    bp: Blueprint,
+    name: str,
+    *,
+    batch_size: int = SMALL_BATCH,
+    metadata: sa.MetaData = Base.metadata,
 ) -> StateInfo:
-    """Write ``bp`` into a database that has our (empty) tables, then delete with FKs off."""
+    """Write ``bp`` into a database that has our (empty) tables, then delete with FKs off.
+
+    ``metadata`` names the tables the database has: ``pre_snapshot_metadata()`` for one of
+    before the snapshot feature, which takes only blueprints without snapshots and variants.
+    """
+    _require_schema_for(bp, metadata)
     common = {"created_at": BUILT_AT, "updated_at": BUILT_AT}
 
     def uuid(kind: int, n: int) -> str:
@@ -859,7 +892,8 @@ def build_blueprint(
             (recipe_snapshots, snapshot_rows),
         ):
             if rows:
-                conn.execute(insert(table), rows)
+                target = metadata.tables[table.name]
+                conn.execute(insert(target), _only_columns_of(target, rows))
         for r in recipe_rows:
             if r["base_recipe_id"] is not None:
                 conn.execute(
@@ -873,25 +907,126 @@ def build_blueprint(
                 .where(production_runs.c.id.in_(linked))
                 .values(recipe_snapshot_id=production_runs.c.id + 100_000)
             )
-        _advance_sequences(conn)
+        _advance_sequences(conn, metadata)
     deletions = {"recipes": bp.deleted_recipe_ids, "ingredients": bp.deleted_ingredient_ids}
     if any(deletions.values()):
         f.delete_with_foreign_keys_off(engine, deletions)
     return _confirmed(engine, bp.expectations(name, batch_size))
 
 
-def _advance_sequences(conn: sa.Connection) -> None:
+def _require_schema_for(bp: Blueprint, metadata: sa.MetaData) -> None:
+    """Refuse a blueprint that needs snapshot-era tables or columns ``metadata`` lacks."""
+    if recipe_snapshots.name not in metadata.tables and any(r.kind != UNLINKED for r in bp.runs):
+        raise ValueError("runs with snapshots need the recipe_snapshots table")
+    snapshot_era_recipes = [
+        r.id
+        for r in bp.recipes
+        if r.base_recipe_id is not None or r.variant_name is not None or r.production_ready
+    ]
+    if snapshot_era_recipes and "variant_name" not in metadata.tables[recipes.name].c:
+        raise ValueError(
+            f"recipes {snapshot_era_recipes} are variants or production-ready: the schema has "
+            "no columns for that"
+        )
+
+
+def _only_columns_of(table: sa.Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows without the values of columns ``table`` lacks (a pre-snapshot table)."""
+    names = set(table.c.keys())
+    return [{k: v for k, v in row.items() if k in names} for row in rows]
+
+
+def _advance_sequences(conn: sa.Connection, metadata: sa.MetaData) -> None:
     """After inserts with explicit ids, move PostgreSQL's sequences past them (as a restore does).
 
     SQLite and MariaDB do this by themselves.
     """
     if conn.dialect.name != "postgresql":
         return
-    for table in Base.metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         conn.exec_driver_sql(
             f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
             f"COALESCE((SELECT MAX(id) FROM {table.name}), 0) + 1, false)"
         )
+
+
+# --- the schema of before the snapshot feature ---------------------------------------------
+
+PRE_SNAPSHOT_SCHEMA = "pre_snapshot_schema"
+PRE_SNAPSHOT_RUNS = 60
+# id, name, archived, ingredient ids of its lines: recipe 8 has none; ingredient 5 of recipe 1
+# is deleted (a missing ingredient); recipes 2 and 6 are deleted under their runs.
+PRE_SNAPSHOT_RECIPES: tuple[tuple[int, str, bool, tuple[int, ...]], ...] = (
+    (1, "Shortbread", False, (1, 3, 5)),
+    (2, "Gingerbread Men", False, (1, 4, 6, 12)),
+    (3, "Old Fruitcake", True, (1, 2, 7)),
+    (4, "Lemon Bars", False, (1, 3, 8)),
+    (5, "Banana Bread", False, (2, 9, 10)),
+    (6, "Pfeffernüsse", False, (1, 4, 11)),
+    (7, "Sourdough Loaf", False, (2, 10)),
+    (8, "Peppermint Bark", False, ()),
+)
+PRE_SNAPSHOT_DELETED_RECIPES = frozenset({2, 6})
+PRE_SNAPSHOT_DELETED_INGREDIENTS = frozenset({5})
+
+
+def pre_snapshot_blueprint(seed: int = 6006) -> Blueprint:
+    """Years of history recorded before snapshots existed: no run is linked, none can be.
+
+    Runs go round the recipes in a fixed order (three apart), so runs of deleted recipes sit
+    between runs of live ones and every batch of ``SMALL_BATCH`` mixes them.
+    """
+    rng = random.Random(seed)
+    bp = Blueprint(ingredient_ids=list(range(1, 13)))
+    for recipe_id, name, archived, ingredient_ids in PRE_SNAPSHOT_RECIPES:
+        bp.recipes.append(
+            RecipeSpec(
+                id=recipe_id,
+                name=name,
+                archived=archived,
+                yield_quantity=rng.choice((1.0, 12.0, 24.0, 2.5)),
+                notes=rng.choice((None, "Crème au beurre", 'a "quoted" note')),
+                lines=[
+                    (ing, rng.choice(f.QUANTITIES), rng.choice(f.UNITS), rng.choice(f.LINE_NOTES))
+                    for ing in ingredient_ids
+                ],
+            )
+        )
+    start = datetime(2022, 3, 1, 7, 30)
+    between_runs = timedelta(days=11, minutes=7, microseconds=1)
+    recipe_count = len(PRE_SNAPSHOT_RECIPES)
+    bp.runs = [
+        RunSpec(
+            id=run_id,
+            recipe_id=1 + (run_id * 3) % recipe_count,
+            produced_at=start + run_id * between_runs,
+        )
+        for run_id in range(1, PRE_SNAPSHOT_RUNS + 1)
+    ]
+    bp.deleted_recipe_ids = set(PRE_SNAPSHOT_DELETED_RECIPES)
+    bp.deleted_ingredient_ids = set(PRE_SNAPSHOT_DELETED_INGREDIENTS)
+    return bp
+
+
+def create_pre_snapshot_schema(engine: Engine) -> sa.MetaData:
+    """Create our six tables as they were before the snapshot feature; return their metadata."""
+    metadata = pre_snapshot_metadata()
+    metadata.create_all(engine)
+    return metadata
+
+
+def build_pre_snapshot_schema(engine: Engine) -> StateInfo:
+    """The schema of before the snapshot feature, with history; see ``pre_snapshot_blueprint``.
+
+    Its expectations are what the backfill must do once ``upgrade-schema`` has run: migrate the
+    runs of live recipes, skip the runs of the two deleted ones.
+    """
+    metadata = create_pre_snapshot_schema(engine)
+    info = build_blueprint(engine, pre_snapshot_blueprint(), PRE_SNAPSHOT_SCHEMA, metadata=metadata)
+    return replace(
+        info,
+        description="the schema of before the snapshot feature: recipes, runs, deleted recipes",
+    )
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -908,14 +1043,20 @@ BUILDERS: dict[str, Callable[[Engine], StateInfo]] = {
 STATE_NAMES = tuple(BUILDERS)
 # Seconds per test on a server (thousands of runs): marked ``slow`` (deselect: -m "not slow").
 SLOW_STATES = ("large",)
+# States the backfill refuses until upgrade-schema has run: kept out of STATE_NAMES.
+PRE_SNAPSHOT_BUILDERS: dict[str, Callable[[Engine], StateInfo]] = {
+    PRE_SNAPSHOT_SCHEMA: build_pre_snapshot_schema,
+}
+PRE_SNAPSHOT_STATE_NAMES = tuple(PRE_SNAPSHOT_BUILDERS)
 
 
 def build_state(name: str, engine: Engine) -> StateInfo:
-    """Build the named state into ``engine``'s empty database; see the table above."""
+    """Build the named state into ``engine``'s empty database; see the tables above."""
+    builders = {**BUILDERS, **PRE_SNAPSHOT_BUILDERS}
     try:
-        builder = BUILDERS[name]
+        builder = builders[name]
     except KeyError:
-        raise ValueError(f"no state {name!r}; the states are: {', '.join(STATE_NAMES)}") from None
+        raise ValueError(f"no state {name!r}; the states are: {', '.join(builders)}") from None
     return builder(engine)
 
 
@@ -1423,3 +1564,105 @@ def sqlite_files(path: Path) -> dict[str, bytes]:
         if candidate.exists():
             out[candidate.name] = candidate.read_bytes()
     return out
+
+
+# === upgrading the schema of before the snapshot feature ===================================
+
+# Every table the models define: what an upgraded database must reflect like create_all's.
+MODEL_TABLES = tuple(Base.metadata.tables)
+SchemaImage = dict[str, dict[str, Any]]
+
+
+class Interrupted(Exception):
+    """Raised from ``on_step`` to stand for a crash between two steps."""
+
+
+def interrupt_at(number: int, seen: list[int]) -> Callable[[UpgradeStep], None]:
+    """An ``on_step`` that records step numbers and crashes before step ``number``."""
+
+    def on_step(step: UpgradeStep) -> None:
+        seen.append(step.number)
+        if step.number == number:
+            raise Interrupted(f"interrupted before step {number}: {step.description}")
+
+    return on_step
+
+
+def create_snapshot_schema(engine: Engine) -> None:
+    """Create the six tables as the models define them today (the reference of an upgrade)."""
+    metadata = Base.metadata
+    if engine.dialect.name == "sqlite":
+        # A copy: SQLAlchemy's create_all on a server marks the models' use_alter key
+        # (fk_production_runs_recipe_snapshot_id) "added by ALTER" for the rest of the
+        # process, and create_all on SQLite, which cannot ALTER it in, then leaves it out.
+        # (A copy loses ddl_if, which only matters on MariaDB.)
+        metadata = sa.MetaData()
+        for table in Base.metadata.sorted_tables:
+            table.to_metadata(metadata)
+    metadata.create_all(engine)
+
+
+def schema_fingerprint(
+    engine: Engine,
+    tables: Sequence[str],
+    *,
+    column_order: bool = True,
+    foreign_key_names: bool = True,
+) -> SchemaImage:
+    """Reflect ``tables``: columns, keys, indexes, unique and check constraints, comparably."""
+    fingerprint: SchemaImage = {}
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        for table in tables:
+            columns = [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                for c in inspector.get_columns(table)
+            ]
+            fingerprint[table] = {
+                "columns": columns if column_order else sorted(columns),
+                "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+                "foreign_keys": sorted(
+                    (
+                        (fk["name"] or "") if foreign_key_names else "",
+                        tuple(fk["constrained_columns"]),
+                        fk["referred_table"],
+                        tuple(fk["referred_columns"]),
+                        (fk.get("options") or {}).get("ondelete") or "",
+                    )
+                    for fk in inspector.get_foreign_keys(table)
+                ),
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+                "unique": sorted(
+                    (u["name"] or "", tuple(u["column_names"]))
+                    for u in inspector.get_unique_constraints(table)
+                ),
+                "checks": sorted(
+                    (c["name"] or "", " ".join(c["sqltext"].split()))
+                    for c in inspector.get_check_constraints(table)
+                ),
+            }
+    return fingerprint
+
+
+def upgraded_schema_fingerprint(engine: Engine) -> SchemaImage:
+    """``schema_fingerprint`` of the models' tables, as an upgrade and create_all can agree.
+
+    PostgreSQL can only append a column, so there its column order cannot follow create_all's.
+    """
+    return schema_fingerprint(
+        engine, MODEL_TABLES, column_order=engine.dialect.name != "postgresql"
+    )
+
+
+def assert_same_schema(found: SchemaImage, expected: SchemaImage, context: str) -> None:
+    """Compare two fingerprints piece by piece, naming the table and piece that differs."""
+    assert sorted(found) == sorted(expected), context
+    for table in expected:
+        for piece in expected[table]:
+            assert found[table][piece] == expected[table][piece], (
+                f"{context}: {table}.{piece} differs\n"
+                f"  upgraded: {found[table][piece]}\n  expected: {expected[table][piece]}"
+            )

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ from sqlalchemy.schema import CreateTable
 from snapshot_backfill.backup import backup_sqlite
 from snapshot_backfill.database import open_engine
 from snapshot_backfill.errors import LockedError, SchemaMissingError
-from snapshot_backfill.models import Base, YieldMode, pre_snapshot_metadata
+from snapshot_backfill.models import Base, YieldMode
 from snapshot_backfill.schema_upgrade import (
     REBUILD_PREFIX,
     SchemaGap,
@@ -48,9 +48,18 @@ from snapshot_backfill.schema_upgrade import (
 
 from backends import MARIADB, POSTGRESQL, Backend, provision, skip_reason
 from shared_spec import APP_PRE_SNAPSHOT_SCHEMA, APP_SCHEMA, require
+from states import (
+    MODEL_TABLES,
+    Interrupted,
+    assert_same_schema,
+    create_pre_snapshot_schema,
+    create_snapshot_schema,
+    interrupt_at,
+    schema_fingerprint,
+    upgraded_schema_fingerprint,
+)
 
 SNAPSHOT_TABLES = ("recipes", "production_runs", "recipe_snapshots")
-MODEL_TABLES = tuple(Base.metadata.tables)
 T0 = datetime(2024, 1, 1, 9, 30)
 _SQLITE = sqlite_dialect.dialect()
 
@@ -69,10 +78,6 @@ EXPECTED_GAPS = {
 }
 # MariaDB cannot have it (see models.Recipe); SQLite and PostgreSQL must get it.
 CHECK_GAP = "check constraint ck_recipe_no_self_variant on recipes"
-
-
-class Interrupted(Exception):
-    """Raised from ``on_step`` to stand for a crash between two steps."""
 
 
 # --- database states -------------------------------------------------------------------------
@@ -189,24 +194,13 @@ def seed_pre_snapshot_rows(engine: Engine, metadata: sa.MetaData) -> None:
 def build_pre_snapshot(url: URL) -> None:
     """Create the six tables as they were before the snapshot feature, with rows."""
     with engine_at(url, create=True) as engine:
-        metadata = pre_snapshot_metadata()
-        metadata.create_all(engine)
-        seed_pre_snapshot_rows(engine, metadata)
+        seed_pre_snapshot_rows(engine, create_pre_snapshot_schema(engine))
 
 
 def build_current(url: URL) -> None:
     """Create the six tables as the models define them today (the reference)."""
     with engine_at(url, create=True) as engine:
-        metadata = Base.metadata
-        if engine.dialect.name == "sqlite":
-            # A copy: SQLAlchemy's create_all on a server marks the models' use_alter key
-            # (fk_production_runs_recipe_snapshot_id) "added by ALTER" for the rest of the
-            # process, and create_all on SQLite, which cannot ALTER it in, then leaves it out.
-            # (A copy loses ddl_if, which only matters on MariaDB.)
-            metadata = sa.MetaData()
-            for table in Base.metadata.sorted_tables:
-                table.to_metadata(metadata)
-        metadata.create_all(engine)
+        create_snapshot_schema(engine)
 
 
 REAL_SEED_SQL = """
@@ -286,64 +280,6 @@ def sqlite_url(path: Path) -> URL:
     return URL.create("sqlite", database=str(path))
 
 
-def schema_fingerprint(
-    engine: Engine,
-    tables: Sequence[str],
-    *,
-    column_order: bool = True,
-    foreign_key_names: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Reflect ``tables``: columns, keys, indexes, unique and check constraints, comparably."""
-    fingerprint: dict[str, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        inspector = sa.inspect(conn)
-        for table in tables:
-            columns = [
-                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
-                for c in inspector.get_columns(table)
-            ]
-            fingerprint[table] = {
-                "columns": columns if column_order else sorted(columns),
-                "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
-                "foreign_keys": sorted(
-                    (
-                        (fk["name"] or "") if foreign_key_names else "",
-                        tuple(fk["constrained_columns"]),
-                        fk["referred_table"],
-                        tuple(fk["referred_columns"]),
-                        (fk.get("options") or {}).get("ondelete") or "",
-                    )
-                    for fk in inspector.get_foreign_keys(table)
-                ),
-                "indexes": sorted(
-                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
-                    for i in inspector.get_indexes(table)
-                ),
-                "unique": sorted(
-                    (u["name"] or "", tuple(u["column_names"]))
-                    for u in inspector.get_unique_constraints(table)
-                ),
-                "checks": sorted(
-                    (c["name"] or "", " ".join(c["sqltext"].split()))
-                    for c in inspector.get_check_constraints(table)
-                ),
-            }
-    return fingerprint
-
-
-def assert_same_schema(
-    found: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]], context: str
-) -> None:
-    """Compare two fingerprints piece by piece, naming the table and piece that differs."""
-    assert sorted(found) == sorted(expected), context
-    for table in expected:
-        for piece in expected[table]:
-            assert found[table][piece] == expected[table][piece], (
-                f"{context}: {table}.{piece} differs\n"
-                f"  upgraded: {found[table][piece]}\n  expected: {expected[table][piece]}"
-            )
-
-
 def table_rows(engine: Engine, columns: dict[str, list[str]]) -> dict[str, list[tuple[Any, ...]]]:
     """Read the given columns of each table as plain tuples, in a fully determined order."""
     rows = {}
@@ -377,17 +313,6 @@ def sqlite_schema_rows(path: Path, *, excluding: Sequence[str]) -> list[tuple[An
             "ORDER BY type, name",
             tuple(excluding),
         ).fetchall()
-
-
-def interrupt_at(number: int, seen: list[int]) -> Callable[[UpgradeStep], None]:
-    """An ``on_step`` that records step numbers and crashes before step ``number``."""
-
-    def on_step(step: UpgradeStep) -> None:
-        seen.append(step.number)
-        if step.number == number:
-            raise Interrupted(f"interrupted before step {number}: {step.description}")
-
-    return on_step
 
 
 def step_number(steps: Sequence[UpgradeStep], which: str) -> int:
@@ -868,15 +793,8 @@ def server_reference(server: Backend) -> dict[str, dict[str, Any]]:
         reference_db = server.sibling()
         build_current(reference_db.url)
         with engine_at(reference_db.url) as engine:
-            _SERVER_REFERENCES[server.kind] = server_fingerprint(engine)
+            _SERVER_REFERENCES[server.kind] = upgraded_schema_fingerprint(engine)
     return _SERVER_REFERENCES[server.kind]
-
-
-def server_fingerprint(engine: Engine) -> dict[str, dict[str, Any]]:
-    # PostgreSQL can only append a column, so its column order cannot follow create_all's.
-    return schema_fingerprint(
-        engine, MODEL_TABLES, column_order=engine.dialect.name != "postgresql"
-    )
 
 
 def test_server_upgrade_dry_run_then_run_then_nothing_to_do(server: Backend) -> None:
@@ -900,7 +818,7 @@ def test_server_upgrade_dry_run_then_run_then_nothing_to_do(server: Backend) -> 
 
         report = upgrade_schema(engine)
         assert len(report.steps_executed) == len(dry.plan.steps)
-        assert_same_schema(server_fingerprint(engine), reference, server.kind)
+        assert_same_schema(upgraded_schema_fingerprint(engine), reference, server.kind)
         assert table_rows(engine, old_columns) == rows_before
         new_columns = {"recipes": ["id", "base_recipe_id", "variant_name", "is_production_ready"]}
         assert [tuple(r[1:]) for r in table_rows(engine, new_columns)["recipes"]] == [
@@ -909,7 +827,7 @@ def test_server_upgrade_dry_run_then_run_then_nothing_to_do(server: Backend) -> 
 
         again = upgrade_schema(engine)
         assert again.already_current and again.steps_executed == ()
-        assert_same_schema(server_fingerprint(engine), reference, f"{server.kind}, rerun")
+        assert_same_schema(upgraded_schema_fingerprint(engine), reference, f"{server.kind}, rerun")
         # Rendering ALTER TABLE ... ADD CONSTRAINT left the shared models as they were.
         create = CreateTable(Base.metadata.tables["recipes"]).compile(dialect=engine.dialect)
         assert ("ck_recipe_no_self_variant" in str(create)) is (server.kind == "postgresql")
@@ -960,7 +878,9 @@ def test_server_interrupted_upgrade_completes_on_rerun(server: Backend, which: s
 
         report = upgrade_schema(engine)
         assert len(report.steps_executed) == len(remaining.steps)
-        assert_same_schema(server_fingerprint(engine), reference, f"{server.kind} after {which}")
+        assert_same_schema(
+            upgraded_schema_fingerprint(engine), reference, f"{server.kind} after {which}"
+        )
         assert table_rows(engine, old_columns) == rows_before
 
 
