@@ -8,13 +8,14 @@ are kept and a summary is printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, NoReturn, Optional, TextIO
@@ -187,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _engine_for(args: argparse.Namespace) -> Engine:
+@contextlib.contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[Engine]:
+    """The command's database, checked reachable; its connections are closed afterwards."""
     # SQLite waits for another program's lock as long as we would wait for another migrator,
     # and never less than the application's own 5 s: its transactions (and a second
     # migrator's read-only plan) hold the file for moments that must not fail a batch.
@@ -195,10 +198,18 @@ def _engine_for(args: argparse.Namespace) -> Engine:
     engine = open_engine(resolve_url(args.database_url), busy_timeout=busy_timeout)
     try:
         check_connection(engine)
-    except BaseException:
+        yield engine
+    finally:
         engine.dispose()
-        raise
-    return engine
+
+
+def _before_writing(
+    out: Output, engine: Engine, args: argparse.Namespace, stdin: TextIO, question: str
+) -> None:
+    """Refuse a read-only database, ask (unless --yes), then back up or say how to."""
+    require_writable(engine)
+    _confirm(out, question, args.yes, stdin)
+    _protect(out, engine, args)
 
 
 def _confirm(out: Output, question: str, assume_yes: bool, stdin: TextIO) -> None:
@@ -330,11 +341,8 @@ def _check_report_path(path: Optional[Path]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
-    engine = _engine_for(args)
-    try:
+    with _opened(args) as engine:
         the_plan = backfill.plan(engine)
-    finally:
-        engine.dispose()
     if out.as_json:
         out.json(the_plan.to_dict())
     else:
@@ -345,19 +353,15 @@ def cmd_plan(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
 
 def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     _check_report_path(args.report)
-    engine = _engine_for(args)
-    database = display_url(engine.url)
     progress = _ProgressPrinter(out, "runs", out.stderr)
-    try:
+    with _opened(args) as engine, contextlib.closing(progress):
+        database = display_url(engine.url)
         the_plan = backfill.plan(engine)
         if not out.as_json:
             _print_plan(out, the_plan, database)
         if the_plan.work:
-            require_writable(engine)
-            _confirm(
-                out, f"Write snapshots for {the_plan.work} runs in {database}?", args.yes, stdin
-            )
-            _protect(out, engine, args)
+            question = f"Write snapshots for {the_plan.work} runs in {database}?"
+            _before_writing(out, engine, args, stdin, question)
         try:
             report = backfill.run(
                 engine,
@@ -370,9 +374,6 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             progress.close()
             _finish_run(out, exc.report, database, args.report)
             raise
-    finally:
-        progress.close()
-        engine.dispose()
     _finish_run(out, report, database, args.report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -390,11 +391,8 @@ def _finish_run(
 
 
 def cmd_verify(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
-    engine = _engine_for(args)
-    try:
+    with _opened(args) as engine:
         report = backfill.verify(engine)
-    finally:
-        engine.dispose()
     if out.as_json:
         out.json(report.to_dict())
     else:
@@ -411,22 +409,16 @@ def cmd_verify(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
-    engine = _engine_for(args)
-    database = display_url(engine.url)
     progress = _ProgressPrinter(out, "entries", out.stderr)
-    try:
-        require_writable(engine)
-        _confirm(out, f"Undo every backfill this tool journaled in {database}?", args.yes, stdin)
-        _protect(out, engine, args)
+    with _opened(args) as engine, contextlib.closing(progress):
+        question = f"Undo every backfill this tool journaled in {display_url(engine.url)}?"
+        _before_writing(out, engine, args, stdin, question)
         report = backfill.rollback(
             engine,
             batch_size=args.batch_size,
             lock_timeout=args.lock_timeout,
             on_progress=progress,
         )
-    finally:
-        progress.close()
-        engine.dispose()
     if out.as_json:
         out.json(report.to_dict())
     else:
@@ -441,9 +433,8 @@ def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
 def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     from .schema_upgrade import plan_upgrade, upgrade_schema
 
-    engine = _engine_for(args)
-    database = display_url(engine.url)
-    try:
+    with _opened(args) as engine:
+        database = display_url(engine.url)
         plan = plan_upgrade(engine)
         if args.dry_run or plan.already_current:
             if out.as_json:
@@ -462,8 +453,6 @@ def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             backup=lambda: _protect(out, engine, args),
             lock_timeout=args.lock_timeout,
         )
-    finally:
-        engine.dispose()
     if out.as_json:
         out.json(_upgrade_document(report.plan, executed=len(report.steps_executed)))
     else:
