@@ -74,8 +74,9 @@ MAX_PROBLEMS_LISTED = 1000
 
 runs = production_runs
 snaps = recipe_snapshots
-# The tables a run or rollback rewrites most rows of (their statistics are refreshed after).
-WRITTEN_TABLES = (production_runs.name, recipe_snapshots.name)
+# What the next plan's estimates hang on, refreshed after a run or rollback that wrote: how
+# many runs are still unlinked.
+PLAN_STATISTICS = (production_runs.name, (production_runs.c.recipe_snapshot_id.name,))
 
 
 @dataclass
@@ -613,7 +614,7 @@ def run(
                 ) from None
         report.skipped_orphans = report.plan.orphaned
         if report.migrated or report.linked_existing:
-            refresh_statistics(engine, WRITTEN_TABLES)
+            refresh_statistics(engine, *PLAN_STATISTICS)
     report.duration_s = time.monotonic() - started
     return report
 
@@ -892,7 +893,7 @@ def rollback(
         with write_transaction(conn):
             drop_journal(conn)
     if report.runs_unlinked or report.snapshots_deleted:
-        refresh_statistics(engine, WRITTEN_TABLES)
+        refresh_statistics(engine, *PLAN_STATISTICS)
     report.duration_s = time.monotonic() - started
     return report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -245,27 +245,32 @@ def write_transaction(conn: Connection) -> Iterator[Connection]:
         conn.execution_options(sqlite_begin="DEFERRED")
 
 
-def refresh_statistics(engine: Engine, tables: tuple[str, ...]) -> bool:
-    """Refresh the server's planner statistics of ``tables`` after a bulk write; True if done.
+def refresh_statistics(engine: Engine, table: str, columns: Sequence[str]) -> bool:
+    """Refresh the server's planner statistics of ``table`` after a bulk write; True if done.
 
-    A run or rollback changes most rows of these tables in minutes, long before autovacuum
-    or InnoDB's background statistics catch up, and with the old figures PostgreSQL plans the
-    next plan's joins as if every run were still unlinked (a no-op run at 1M runs: 1.27 s
-    for one query instead of 0.39 s). PostgreSQL's ANALYZE reads a sample and blocks no reader
-    or writer; so does MariaDB's ANALYZE TABLE on InnoDB. SQLite is left alone: the
+    A run or rollback changes most rows of a table in minutes, long before autovacuum or
+    InnoDB's background statistics catch up, and with the old figures PostgreSQL plans the
+    next plan's joins as if every run were still unlinked (a no-op run at 1M runs: 1.27 s for
+    one query instead of 0.39 s). PostgreSQL analyzes only ``columns`` (0.33 s at 1M runs,
+    where the whole of recipe_snapshots would take 4.5 s); MariaDB's ANALYZE TABLE samples a
+    few pages per index. Neither blocks a reader or writer. SQLite is left alone: the
     application never runs ANALYZE, and a ``sqlite_stat1`` table would change how its own
-    queries are planned. Lacking the privilege is not an error: the statistics stay as they were.
+    queries are planned. Lacking the privilege is not an error: the statistics stay as they
+    were.
     """
     backend = engine.dialect.name
     if backend == "sqlite":
         return False
-    quoted = ", ".join(engine.dialect.identifier_preparer.quote(t) for t in tables)
-    statement = f"ANALYZE {quoted}" if backend == "postgresql" else f"ANALYZE TABLE {quoted}"
+    quote = engine.dialect.identifier_preparer.quote
+    if backend == "postgresql":
+        statement = f"ANALYZE {quote(table)} ({', '.join(quote(c) for c in columns)})"
+    else:
+        statement = f"ANALYZE TABLE {quote(table)}"
     try:
         with engine.connect() as conn:
             result = conn.exec_driver_sql(statement)
             if result.returns_rows:
-                result.all()  # MariaDB answers with one status row per table
+                result.all()  # MariaDB answers with a status row
             conn.commit()
     except DBAPIError:
         return False
