@@ -20,6 +20,7 @@ from snapshot_backfill.database import (
     open_engine,
     read_only,
     resolve_url,
+    sqlite_path,
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
@@ -253,3 +254,21 @@ def test_a_no_op_run_leaves_the_statistics_alone(
     report = backfill.run(engine)
     assert report.migrated + report.linked_existing == 0
     assert _statistics_stamp(engine) == before
+
+
+@pytest.mark.parametrize("name", ["bake#1.db", "bake?.db", "bake 100%.db"])
+def test_a_path_with_uri_characters_is_opened_whole(tmp_path: Path, name: str) -> None:
+    database = tmp_path / name
+    engine = open_engine(resolve_url(str(database)), create=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE kept (x INTEGER)")
+    engine.dispose()
+    assert [p.name for p in tmp_path.iterdir()] == [name], "a shorter path was created"
+
+    engine = open_engine(resolve_url(str(database)))
+    try:
+        assert sqlite_path(engine.url) == database.absolute()
+        with engine.connect() as conn:
+            assert sa.inspect(conn).has_table("kept")
+    finally:
+        engine.dispose()

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from .database import sqlite_uri
 from .errors import BadInputError
 
 
@@ -35,7 +36,10 @@ def backup_sqlite(database: Path, destination: Optional[Path] = None) -> Path:
         raise BadInputError(f"backup file {target} already exists; choose another --backup PATH")
     if not target.parent.is_dir():
         raise BadInputError(f"cannot write backup {target}: directory {target.parent} is missing")
-    source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        source = sqlite3.connect(f"{sqlite_uri(database)}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise BadInputError(f"cannot back up {database}: {exc}") from None
     try:
         copy = sqlite3.connect(str(target))
         try:

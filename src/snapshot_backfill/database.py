@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -81,8 +82,14 @@ def sqlite_path(url: URL) -> Optional[Path]:
     if not database or database == ":memory:" or database.startswith("file::memory:"):
         return None
     if database.startswith("file:"):
-        database = database[len("file:") :].split("?", 1)[0]
+        # A URI: the path ends at "?" or "#", and is percent-decoded (sqlite_uri writes it so).
+        database = unquote(urlsplit(database).path)
     return Path(database)
+
+
+def sqlite_uri(path: Path) -> str:
+    """A ``file:`` URI for ``path`` that SQLite reads whole ("#" and "?" escaped)."""
+    return path.absolute().as_uri()
 
 
 def open_engine(
@@ -137,7 +144,7 @@ def _open_sqlite(url: URL, *, create: bool, busy_timeout: float, **engine_kwargs
             )
         # mode=rw makes SQLite itself refuse to create the file, even if it vanishes meanwhile.
         mode = "rwc" if create else "rw"
-        url = URL.create("sqlite", database=f"file:{path}", query={"mode": mode, "uri": "true"})
+        url = URL.create("sqlite", database=sqlite_uri(path), query={"mode": mode, "uri": "true"})
     engine = sa.create_engine(url, **engine_kwargs)
     _install_sqlite_hooks(engine, busy_timeout)
     return engine

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .database import display_url, sqlite_path
-from .errors import LockedError
+from .errors import BadInputError, LockedError
 
 LOCK_NAME = "snapshot_backfill"
 # PostgreSQL advisory locks take a bigint key; derive a stable one from the name.
@@ -97,6 +97,11 @@ def _sqlite_lock(engine: Engine, timeout: float) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         raise _locked(engine, timeout) from None
+    except OSError as exc:  # after Timeout, which is an OSError too
+        raise BadInputError(
+            f"cannot create the lock file {lock_path}: {exc.strerror or exc}; the directory of "
+            "the database must be writable"
+        ) from None
     try:
         yield
     finally:
