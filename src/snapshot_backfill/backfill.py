@@ -681,9 +681,8 @@ def verify(engine: Engine) -> VerifyReport:
     """Check every run and snapshot, read-only; ``ok`` only when nothing is wrong.
 
     Every run whose recipe exists, or whose snapshot row exists, is linked to exactly one
-    snapshot of its own; every
-    snapshot's JSON parses; every backfilled snapshot has is_backfilled true, scale_factor
-    1.0 and snapshot_date equal to its run's produced_at.
+    snapshot of its own; every snapshot's JSON parses; every backfilled snapshot has
+    is_backfilled true, scale_factor 1.0 and snapshot_date equal to its run's produced_at.
     """
     problems = _Problems()
     with read_only(engine) as conn:

@@ -44,7 +44,10 @@ class SampleDataError(BadInputError):
 
 
 class RunAbortedError(BackfillError):
-    """The database refused every write of a batch; the run stopped (committed batches kept)."""
+    """A batch could not be written as read (every run refused, or runs changed meanwhile).
+
+    The batch was rolled back and the run stopped; the batches committed before are kept.
+    """
 
     exit_code = EXIT_FAILED
 
