@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     and_,
     any_,
+    case,
     cast,
     delete,
     exists,
@@ -237,12 +238,12 @@ def _unlinked_runs_joined() -> Any:
 
 
 def _plan(conn: Connection) -> Plan:
-    # Three narrow queries instead of one GROUP BY over every run joined to its snapshot and
+    # Two narrow queries instead of one GROUP BY over every run joined to its snapshot and
     # recipe (5.9 s at 1M runs on SQLite; see benchmarks/README.md): the totals come from the
     # covering index on production_runs.recipe_id, the recipes joined once per group; the
     # classification only visits the unlinked runs (index on recipe_snapshot_id, then the
-    # UNIQUE index on recipe_snapshots.production_run_id); orphans are looked up through the
-    # recipe_id index of the recipes that are gone.
+    # UNIQUE index on recipe_snapshots.production_run_id), once: grouped per recipe, and per
+    # run for the recipes that are gone, so that the orphans are listed by the same pass.
     totals = select(runs.c.recipe_id, func.count().label("total_runs")).group_by(runs.c.recipe_id)
     totals_q = totals.subquery()
     groups = conn.execute(
@@ -255,29 +256,38 @@ def _plan(conn: Connection) -> Plan:
         .select_from(totals_q.outerjoin(recipes, recipes.c.id == totals_q.c.recipe_id))
         .order_by(totals_q.c.recipe_id)
     ).all()
-    unlinked = {
-        row.recipe_id: row
-        for row in conn.execute(
-            select(
-                runs.c.recipe_id,
-                func.count().label("unlinked"),
-                func.count(snaps.c.id).label("with_snapshot"),
-            )
-            .select_from(runs.outerjoin(snaps, snaps.c.production_run_id == runs.c.id))
-            .where(runs.c.recipe_snapshot_id.is_(None))
-            .group_by(runs.c.recipe_id)
+    gone = [g.recipe_id for g in groups if g.recipe_found is None]
+    # Listing the orphans in a second query read them twice; on MariaDB, whose buffer pool
+    # may be smaller than production_runs, that was a second read of the table from disk
+    # (1.7 s of a 3.3 s no-op run at 1M runs).
+    run_of_gone_recipe = (
+        case((runs.c.recipe_id.in_(gone), runs.c.id), else_=literal(None, Integer))
+        if gone
+        else literal(None, Integer)
+    ).label("gone_recipe_run")
+    unlinked: dict[int, list[int]] = {}
+    orphaned_ids: list[int] = []
+    for row in conn.execute(
+        select(
+            runs.c.recipe_id,
+            run_of_gone_recipe,
+            func.count().label("unlinked"),
+            func.count(snaps.c.id).label("with_snapshot"),
         )
-    }
+        .select_from(runs.outerjoin(snaps, snaps.c.production_run_id == runs.c.id))
+        .where(runs.c.recipe_snapshot_id.is_(None))
+        .group_by(runs.c.recipe_id, run_of_gone_recipe)
+    ):
+        counts = unlinked.setdefault(row.recipe_id, [0, 0])
+        counts[0] += row.unlinked
+        counts[1] += row.with_snapshot
+        if row.gone_recipe_run is not None and not row.with_snapshot:
+            orphaned_ids.append(row.gone_recipe_run)
     per_recipe: list[RecipeBreakdown] = []
-    gone_with_orphans: list[int] = []
     for g in groups:
-        u = unlinked.get(g.recipe_id)
-        unlinked_runs = int(u.unlinked) if u is not None else 0
-        with_snapshot = int(u.with_snapshot) if u is not None else 0
+        unlinked_runs, with_snapshot = unlinked.get(g.recipe_id, (0, 0))
         without_snapshot = unlinked_runs - with_snapshot
         found = g.recipe_found is not None
-        if not found and without_snapshot:
-            gone_with_orphans.append(g.recipe_id)
         per_recipe.append(
             RecipeBreakdown(
                 recipe_id=g.recipe_id,
@@ -289,26 +299,12 @@ def _plan(conn: Connection) -> Plan:
                 orphaned=0 if found else without_snapshot,
             )
         )
-    orphaned_ids: list[int] = []
-    if gone_with_orphans:
-        # Filtered here, not in SQL: given "recipe_snapshot_id IS NULL" too, SQLite walks that
-        # index (every unlinked run: 0.45 s at 1M) instead of the recipe_id one (the orphans).
-        orphaned_ids = [
-            row.id
-            for row in conn.execute(
-                select(runs.c.id, runs.c.recipe_snapshot_id, snaps.c.id.label("snapshot_id"))
-                .select_from(runs.outerjoin(snaps, snaps.c.production_run_id == runs.c.id))
-                .where(runs.c.recipe_id.in_(gone_with_orphans))
-                .order_by(runs.c.id)
-            )
-            if row.recipe_snapshot_id is None and row.snapshot_id is None
-        ]
     return Plan(
         total_runs=sum(r.total_runs for r in per_recipe),
         already_linked=sum(r.already_linked for r in per_recipe),
         to_migrate=sum(r.to_migrate for r in per_recipe),
         to_link_existing=sum(r.to_link_existing for r in per_recipe),
-        orphaned_run_ids=orphaned_ids,
+        orphaned_run_ids=sorted(orphaned_ids),
         per_recipe=per_recipe,
     )
 
