@@ -30,6 +30,8 @@ from snapshot_backfill.sample_data import (
     read_sample,
 )
 
+from sample_documents import minimal_document
+
 REPO = Path(__file__).resolve().parent.parent
 APP_SAMPLE = Path(__file__).resolve().parent / "data" / "app_sample_3_6.json"
 
@@ -285,57 +287,6 @@ def test_pre_snapshot_schema_loads(engine: Engine, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Malformed files
 # --------------------------------------------------------------------------------------------
-
-
-def minimal_document() -> dict[str, Any]:
-    """Build a small valid sample that uses every part of the format once."""
-    return {
-        "version": "3.6",
-        "exported_at": "2025-01-06T18:30:00Z",
-        "application": "bake-tracker",
-        "ingredients": [
-            {"display_name": "All-purpose flour", "slug": "flour_all_purpose", "category": "Flour"},
-            {"display_name": "Butter, unsalted", "slug": "butter_unsalted", "category": "Fats"},
-        ],
-        "recipes": [
-            {
-                "name": "Shortbread",
-                "slug": "shortbread",
-                "category": "Cookies",
-                "ingredients": [
-                    {"ingredient_slug": "flour_all_purpose", "quantity": 2.0, "unit": "cup"},
-                    {"ingredient_slug": "butter_unsalted", "quantity": 1.0, "unit": "cup"},
-                ],
-            },
-            {"name": "Plain Scones", "category": "Breads", "ingredients": []},
-        ],
-        "finished_units": [
-            {
-                "slug": "shortbread_wedge",
-                "recipe_slug": "shortbread",
-                "display_name": "Shortbread Wedge",
-                "yield_mode": "discrete_count",
-                "items_per_batch": 8,
-                "item_unit": "wedge",
-            }
-        ],
-        "production_runs": [
-            {
-                "ref": "run-1",
-                "recipe_slug": "shortbread",
-                "batches_produced": 1,
-                "units_produced": 8,
-                "produced_at": "2024-03-01T10:00:00Z",
-            },
-            {
-                "recipe_name": "Plain Scones",
-                "num_batches": 2,
-                "actual_yield": 2,
-                "produced_at": "2024-03-02T10:00:00.250000Z",
-            },
-        ],
-        "snapshot_backfill": {"format": 1, "recipe_snapshots": [{"run": "run-1", "linked": True}]},
-    }
 
 
 Mutation = Callable[[dict[str, Any]], Any]

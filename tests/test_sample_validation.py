@@ -26,6 +26,8 @@ from snapshot_backfill.models import YieldMode
 from snapshot_backfill.payload import RECIPE_DATA_COLUMNS
 from snapshot_backfill.sample_data import SampleData, load_sample_file, read_sample
 
+from sample_documents import document_with_deletions
+
 Key = Union[str, int]
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -35,66 +37,7 @@ SNAPSHOT_KEYS = "run, linked, scale_factor, snapshot_date, is_backfilled, recipe
 
 def valid_document() -> dict[str, Any]:
     """Build a small valid sample with a deleted recipe, a deleted ingredient and a snapshot."""
-    return {
-        "version": "3.6",
-        "exported_at": "2025-01-06T18:30:00Z",
-        "application": "bake-tracker",
-        "ingredients": [
-            {"display_name": "All-purpose flour", "slug": "flour_all_purpose", "category": "Flour"},
-            {"display_name": "Butter, unsalted", "slug": "butter_unsalted", "category": "Fats"},
-        ],
-        "recipes": [
-            {
-                "name": "Shortbread",
-                "slug": "shortbread",
-                "category": "Cookies",
-                "ingredients": [
-                    {"ingredient_slug": "flour_all_purpose", "quantity": 2.0, "unit": "cup"},
-                    {"ingredient_slug": "butter_unsalted", "quantity": 1.0, "unit": "cup"},
-                ],
-            },
-            {"name": "Plain Scones", "category": "Breads", "ingredients": []},
-        ],
-        "finished_units": [
-            {
-                "slug": "shortbread_wedge",
-                "recipe_slug": "shortbread",
-                "display_name": "Shortbread Wedge",
-                "yield_mode": "discrete_count",
-                "items_per_batch": 8,
-                "item_unit": "wedge",
-            }
-        ],
-        "production_runs": [
-            {
-                "ref": "run-1",
-                "recipe_slug": "shortbread",
-                "batches_produced": 1,
-                "units_produced": 8,
-                "produced_at": "2024-03-01T10:00:00Z",
-            },
-            {
-                "ref": "run-2",
-                "recipe_name": "Plain Scones",
-                "num_batches": 2,
-                "actual_yield": 2,
-                "produced_at": "2024-03-02T10:00:00Z",
-            },
-            {
-                "ref": "run-3",
-                "recipe_slug": "lemon_bars",
-                "batches_produced": 1,
-                "units_produced": 12,
-                "produced_at": "2024-03-03T10:00:00Z",
-            },
-        ],
-        "snapshot_backfill": {
-            "format": 1,
-            "deleted_recipes": [{"slug": "lemon_bars", "name": "Lemon Bars"}],
-            "deleted_ingredients": ["butter_unsalted"],
-            "recipe_snapshots": [{"run": "run-1", "linked": True}],
-        },
-    }
+    return document_with_deletions()
 
 
 # --------------------------------------------------------------------------------------------
