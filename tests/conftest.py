@@ -13,7 +13,8 @@ Thin wrappers over ``backends.py`` and ``states.py`` (which work without pytest)
 
 ``backend_kind``
     The parametrization alone (session scope): ``"sqlite"``, ``"postgresql"``, ``"mariadb"``;
-    for a module-scoped fixture that provisions databases itself (``backends.provision``).
+    for a module-scoped fixture that provisions its own database
+    (``state_templates.provisioned(backend_kind, name, directory)``).
 ``sqlite_backend``
     The same, SQLite only.
 ``engine``
@@ -46,6 +47,7 @@ Servers come from ``--postgresql-url``/``--mariadb-url`` or the environment vari
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -80,11 +82,6 @@ BACKEND_PARAMS = [
     pytest.param(SQLITE, id=SQLITE),
     pytest.param(POSTGRESQL, id=POSTGRESQL, marks=pytest.mark.postgresql),
     pytest.param(MARIADB, id=MARIADB, marks=pytest.mark.mariadb),
-]
-# The large state takes seconds per test on a server: marked slow, still in every default run.
-STATE_PARAMS = [
-    pytest.param(name, id=name, marks=[pytest.mark.slow] if name in states.SLOW_STATES else [])
-    for name in states.STATE_NAMES
 ]
 
 
@@ -193,6 +190,14 @@ class StateTemplates:
         backend.restore(the_template)
         return info
 
+    @contextlib.contextmanager
+    def provisioned(
+        self, kind: str, name: str, directory: Path
+    ) -> Iterator[tuple[Backend, states.StateInfo]]:
+        """A database of its own on backend ``kind`` holding state ``name`` (module fixtures)."""
+        with provision(kind, self.server_urls[kind], directory) as backend:
+            yield backend, self.restore(backend, name)
+
     def _get(self, kind: str, name: str) -> Any:
         entry = self.directory / f"{kind}-{name}"
         with filelock.FileLock(str(entry) + ".lock"):
@@ -249,7 +254,7 @@ def state_templates(server_urls: dict[str, Optional[URL]]) -> StateTemplates:
     return StateTemplates(Path(os.environ[TEMPLATES_DIR_VAR]), server_urls)
 
 
-@pytest.fixture(params=STATE_PARAMS)
+@pytest.fixture(params=states.STATE_PARAMS)
 def state(
     request: pytest.FixtureRequest, backend: Backend, state_templates: StateTemplates
 ) -> states.StateInfo:

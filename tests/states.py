@@ -65,6 +65,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
@@ -1043,6 +1044,11 @@ BUILDERS: dict[str, Callable[[Engine], StateInfo]] = {
 STATE_NAMES = tuple(BUILDERS)
 # Seconds per test on a server (thousands of runs): marked ``slow`` (deselect: -m "not slow").
 SLOW_STATES = ("large",)
+# The states as pytest parameters, the slow ones marked (still in every default run).
+STATE_PARAMS = [
+    pytest.param(name, id=name, marks=[pytest.mark.slow] if name in SLOW_STATES else [])
+    for name in STATE_NAMES
+]
 # States the backfill refuses until upgrade-schema has run: kept out of STATE_NAMES.
 PRE_SNAPSHOT_BUILDERS: dict[str, Callable[[Engine], StateInfo]] = {
     PRE_SNAPSHOT_SCHEMA: build_pre_snapshot_schema,

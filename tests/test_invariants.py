@@ -27,12 +27,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import LockedError
@@ -40,11 +39,10 @@ from snapshot_backfill.locking import migration_lock
 from snapshot_backfill.models import production_runs, recipe_snapshots
 
 import fingerprint
-from backends import Backend, provision
+from backends import Backend
 from fingerprint import Fingerprint, assert_same, explain
 from states import (
-    SLOW_STATES,
-    STATE_NAMES,
+    STATE_PARAMS,
     StateInfo,
     check_backfilled_content,
     check_links_after_run,
@@ -59,11 +57,6 @@ from states import (
     run_backfill,
     sqlite_files,
 )
-
-STATE_PARAMS = [
-    pytest.param(name, id=name, marks=[pytest.mark.slow] if name in SLOW_STATES else [])
-    for name in STATE_NAMES
-]
 
 
 def _where(state: StateInfo, backend: Backend) -> dict[str, Any]:
@@ -96,14 +89,12 @@ class OneRun:
 def one_run(
     request: pytest.FixtureRequest,
     backend_kind: str,
-    server_urls: dict[str, Optional[URL]],
     state_templates: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OneRun]:
     """Plan, verify, fingerprint, run, fingerprint: once per backend and state."""
-    directory: Path = tmp_path_factory.mktemp("one-run")
-    with provision(backend_kind, server_urls[backend_kind], directory) as backend:
-        state = state_templates.restore(backend, request.param)
+    directory = tmp_path_factory.mktemp("one-run")
+    with state_templates.provisioned(backend_kind, request.param, directory) as (backend, state):
         engine = backend.make_engine()
         planned = backfill.plan(engine)
         verified_before = backfill.verify(engine)

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import InterruptedRunError
 
 import fingerprint
-from backends import Backend, provision
+from backends import Backend
 from fingerprint import Fingerprint, assert_same, explain
 from states import (
     StateInfo,
@@ -74,14 +73,12 @@ class Reference:
 def uninterrupted(
     request: pytest.FixtureRequest,
     backend_kind: str,
-    server_urls: dict[str, Optional[URL]],
     state_templates: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Reference]:
     """The reference: the state (the indirect parameter) run once, uninterrupted, per backend."""
-    directory: Path = tmp_path_factory.mktemp("uninterrupted")
-    with provision(backend_kind, server_urls[backend_kind], directory) as backend:
-        state = state_templates.restore(backend, request.param)
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    with state_templates.provisioned(backend_kind, request.param, directory) as (backend, state):
         engine = backend.make_engine()
         before = fingerprint.take(engine, normalized=True)
         report = run_backfill(engine, state)
