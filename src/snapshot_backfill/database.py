@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
@@ -210,7 +210,7 @@ def describe_db_error(exc: BaseException) -> str:
     return mask_password(text)
 
 
-@contextmanager
+@contextlib.contextmanager
 def read_only(engine: Engine) -> Iterator[Connection]:
     """Yield a connection in a transaction the database itself keeps read-only, then roll back.
 
@@ -237,7 +237,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
                 conn.rollback()
 
 
-@contextmanager
+@contextlib.contextmanager
 def write_transaction(conn: Connection) -> Iterator[Connection]:
     """Run a block in one committed transaction; SQLite takes its write lock up front."""
     if not is_sqlite(conn):
@@ -252,8 +252,8 @@ def write_transaction(conn: Connection) -> Iterator[Connection]:
         conn.execution_options(sqlite_begin="DEFERRED")
 
 
-def refresh_statistics(engine: Engine, table: str, columns: Sequence[str]) -> bool:
-    """Refresh the server's planner statistics of ``table`` after a bulk write; True if done.
+def refresh_statistics(engine: Engine, table: str, columns: Sequence[str]) -> None:
+    """Refresh the server's planner statistics of ``table`` after a bulk write.
 
     A run or rollback changes most rows of a table in minutes, long before autovacuum or
     InnoDB's background statistics catch up, and with the old figures PostgreSQL plans the
@@ -267,18 +267,14 @@ def refresh_statistics(engine: Engine, table: str, columns: Sequence[str]) -> bo
     """
     backend = engine.dialect.name
     if backend == "sqlite":
-        return False
+        return
     quote = engine.dialect.identifier_preparer.quote
     if backend == "postgresql":
         statement = f"ANALYZE {quote(table)} ({', '.join(quote(c) for c in columns)})"
     else:
         statement = f"ANALYZE TABLE {quote(table)}"
-    try:
-        with engine.connect() as conn:
-            result = conn.exec_driver_sql(statement)
-            if result.returns_rows:
-                result.all()  # MariaDB answers with a status row
-            conn.commit()
-    except DBAPIError:
-        return False
-    return True
+    with contextlib.suppress(DBAPIError), engine.connect() as conn:
+        result = conn.exec_driver_sql(statement)
+        if result.returns_rows:
+            result.all()  # MariaDB answers with a status row
+        conn.commit()
