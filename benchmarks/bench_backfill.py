@@ -402,6 +402,22 @@ def bench_size(backend: Backend, n: int, opts: Options, results: Results) -> Non
             )
             return child
 
+        def reference(phase: str, script: str, copy: str, target: str) -> None:
+            """Measure a reference point (floor or naive) on ``copy`` and check what it did."""
+            out = measured(phase, [str(BENCH_DIR / script), target], exp.work).json()
+            check(
+                (out["migrated"], out["linked"]) == (exp.to_migrate, exp.work),
+                f"{where}: {phase} made {out}, expected {exp.to_migrate} and {exp.work}",
+            )
+            if opts.verify_references:
+                verified = run_child(
+                    cli("verify", "--database-url", backend.cli_url(copy), "--json")
+                )
+                check(
+                    verified.code == 0,
+                    f"{where}: verify after {phase}: {verified.stdout[-2000:]}",
+                )
+
         # Repeats (best kept) where the floor ratio is judged; one measurement at 1M.
         for attempt in range(opts.repeat if n <= REPEAT_MAX_N else 1):
             # The floor, on its own copy.
@@ -409,19 +425,7 @@ def bench_size(backend: Backend, n: int, opts: Options, results: Results) -> Non
             try:
                 if "floor" not in opts.phases:
                     continue
-                out = measured("floor", [str(BENCH_DIR / "floor.py"), copy], exp.work).json()
-                check(
-                    (out["migrated"], out["linked"]) == (exp.to_migrate, exp.work),
-                    f"{where}: floor made {out}, expected {exp.to_migrate} and {exp.work}",
-                )
-                if opts.verify_references:
-                    verified = run_child(
-                        cli("verify", "--database-url", backend.cli_url(copy), "--json")
-                    )
-                    check(
-                        verified.code == 0,
-                        f"{where}: verify after the floor: {verified.stdout[-2000:]}",
-                    )
+                reference("floor", "floor.py", copy, copy)
             finally:
                 backend.drop(copy)
 
@@ -484,23 +488,7 @@ def bench_size(backend: Backend, n: int, opts: Options, results: Results) -> Non
         if n in opts.naive_sizes and "naive" in opts.phases:
             copy = backend.copy(base, "naive")
             try:
-                out = measured(
-                    "naive",
-                    [str(BENCH_DIR / "naive.py"), backend.cli_url(copy)],
-                    exp.work,
-                ).json()
-                check(
-                    (out["migrated"], out["linked"]) == (exp.to_migrate, exp.work),
-                    f"{where}: naive made {out}",
-                )
-                if opts.verify_references:
-                    verified = run_child(
-                        cli("verify", "--database-url", backend.cli_url(copy), "--json")
-                    )
-                    check(
-                        verified.code == 0,
-                        f"{where}: verify after naive: {verified.stdout[-2000:]}",
-                    )
+                reference("naive", "naive.py", copy, backend.cli_url(copy))
             finally:
                 backend.drop(copy)
     finally:
