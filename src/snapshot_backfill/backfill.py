@@ -594,7 +594,9 @@ def run(
         require_schema(conn)
     require_writable(engine)
     with migration_lock(engine, lock_timeout):
-        report = RunReport(plan=plan(engine), run_token=new_uuid())
+        # Planned again under the lock (the schema was checked above).
+        with read_only(engine) as conn:
+            report = RunReport(plan=_plan(conn), run_token=new_uuid())
         if report.plan.work:
             try:
                 for progress in _run_batches(engine, batch_size, report):
