@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -91,7 +92,13 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    if number > backfill.MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {backfill.MAX_BATCH_SIZE}: {value}")
     return number
+
+
+# A day: longer waits are a typo, and every backend's timeout takes this many seconds.
+MAX_LOCK_TIMEOUT_S = 86400.0
 
 
 def _seconds(value: str) -> float:
@@ -99,8 +106,13 @@ def _seconds(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    # NaN compares false with everything, so the range check alone would let it through.
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds: {value}")
     if number < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    if number > MAX_LOCK_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LOCK_TIMEOUT_S:g}: {value}")
     return number
 
 
