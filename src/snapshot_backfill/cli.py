@@ -49,6 +49,7 @@ from .errors import (
 from .models import pre_snapshot_metadata
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
+_DEMO_SIDE_FILES = ("-journal", "-wal", "-shm", ".snapshot-backfill.lock")
 MIN_SQLITE_BUSY_TIMEOUT_S = 5.0
 WRITING_COMMANDS = ("run", "rollback", "upgrade-schema")
 
@@ -502,8 +503,14 @@ def cmd_demo(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     directory = args.path or Path(tempfile.mkdtemp(prefix="snapshot-backfill-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     database = directory / DEMO_DATABASE_NAME
-    for leftover in directory.glob(DEMO_DATABASE_NAME + "*"):
-        leftover.unlink()
+    # Never delete or overwrite a file this invocation did not create: the database, its
+    # journal and the lock file beside it must all be new.
+    for ours in (database, *(database.with_name(database.name + s) for s in _DEMO_SIDE_FILES)):
+        if ours.exists() or ours.is_symlink():
+            raise BadInputError(
+                f"{ours} already exists: demo writes only new files; move it away or choose "
+                "another --path"
+            )
     url = URL.create("sqlite", database=str(database.absolute()))
     old_schema = args.from_old_schema
     schema = " (the schema of before the snapshot feature)" if old_schema else ""
