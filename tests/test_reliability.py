@@ -283,10 +283,15 @@ def test_disk_full_during_the_backup_leaves_nothing_behind(
     assert database.read_bytes() == content
 
 
+@pytest.mark.parametrize("journal_mode", ["DELETE", "PERSIST"])
 def test_a_backup_that_fails_half_way_leaves_no_file(
-    sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, journal_mode: str
 ) -> None:
-    """In-process: the copy's page limit (SQLITE_FULL) stands in for a full disk."""
+    """In-process: the copy's page limit (SQLITE_FULL) stands in for a full disk.
+
+    PERSIST keeps the copy's journal after the failed transaction, as a full disk that keeps
+    SQLite from deleting it does.
+    """
     engine = sqlite_backend.make_engine()
     states.build_state("large", engine)
     engine.dispose()
@@ -299,6 +304,7 @@ def test_a_backup_that_fails_half_way_leaves_no_file(
         conn = real_connect(database, *args, **kwargs)
         if str(database).startswith(str(target_dir)):
             conn.execute("PRAGMA max_page_count = 20")
+            conn.execute(f"PRAGMA journal_mode = {journal_mode}")
         return conn
 
     monkeypatch.setattr(backup_module.sqlite3, "connect", connect_with_a_small_disk)

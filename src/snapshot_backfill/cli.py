@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import __version__, backfill
-from .backup import backup_sqlite
+from .backup import backup_sqlite, sibling_mode, write_text_file
 from .database import (
     ENV_VAR,
     check_connection,
@@ -369,6 +369,9 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     progress = _ProgressPrinter(out, "runs", out.stderr)
     with _opened(args) as engine, contextlib.closing(progress):
         database = display_url(engine.url)
+        # A report is no more readable than the SQLite file it describes.
+        sqlite_file = sqlite_path(engine.url) if is_sqlite(engine.url) else None
+        file_mode = sibling_mode(sqlite_file) if sqlite_file is not None else None
         the_plan = backfill.plan(engine)
         if not out.as_json:
             _print_plan(out, the_plan, database)
@@ -385,18 +388,24 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             )
         except InterruptedRunError as exc:
             progress.close()
-            _finish_run(out, exc.report, database, args.report)
+            _finish_run(out, exc.report, database, args.report, file_mode)
             raise
-    _finish_run(out, report, database, args.report)
+    _finish_run(out, report, database, args.report, file_mode)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _finish_run(
-    out: Output, report: backfill.RunReport, database: str, report_path: Optional[Path]
+    out: Output,
+    report: backfill.RunReport,
+    database: str,
+    report_path: Optional[Path],
+    file_mode: Optional[int] = None,
 ) -> None:
     document = _report_document(report, database)
     if report_path is not None:
-        report_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        write_text_file(
+            report_path, json.dumps(document, indent=2, default=str) + "\n", file_mode
+        )
     if out.as_json:
         out.json(document)
     else:
