@@ -94,7 +94,9 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
     if number > backfill.MAX_BATCH_SIZE:
-        raise argparse.ArgumentTypeError(f"must be at most {backfill.MAX_BATCH_SIZE}: {value}")
+        raise argparse.ArgumentTypeError(
+            f"must be between 1 and {backfill.MAX_BATCH_SIZE}: {value}"
+        )
     return number
 
 
@@ -318,6 +320,14 @@ def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
     out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>8}")
     if the_plan.orphaned_run_ids:
         out.say(f"  orphaned run ids: {_ids(the_plan.orphaned_run_ids)}")
+    if the_plan.undated_run_ids:
+        out.say(f"  undated (produced_at NULL):    {the_plan.undated:>8}")
+        out.say(f"  undated run ids: {_ids(the_plan.undated_run_ids)}")
+    for problem in the_plan.recipe_errors:
+        out.say(
+            f"  recipe {problem.recipe_id} cannot be snapshotted ({problem.runs} runs would "
+            f"fail): {problem.error}"
+        )
     if the_plan.per_recipe:
         out.say("Per recipe:")
         out.say(
@@ -334,9 +344,16 @@ def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
 def _print_run_report(out: Output, report: backfill.RunReport) -> None:
     out.say(
         f"Migrated {report.migrated}, linked to existing {report.linked_existing}, "
-        f"skipped orphans {report.skipped_orphans}, errors {len(report.errors)} "
+        f"skipped orphans {report.skipped_orphans}, "
+        + (f"skipped undated {report.skipped_undated}, " if report.skipped_undated else "")
+        + f"errors {len(report.errors)} "
         f"({report.batches} batches, {report.duration_s:.2f}s)"
     )
+    if report.skipped_undated:
+        out.say(
+            f"  undated runs (produced_at NULL, not snapshotted): "
+            f"{_ids(report.plan.undated_run_ids)}"
+        )
     for err in report.errors:
         out.say(f"  run {err.run_id}: {err.error}")
 
