@@ -41,8 +41,11 @@ BATCH = "50"
 # stop it part-way.
 ROLLBACK_BATCH = "10"
 # Kill once this share of the work is journaled (run) or undone (rollback).
-SHARES = [pytest.param(0.0, id="first-batch"), pytest.param(0.4, id="40%"),
-          pytest.param(0.8, id="80%")]
+SHARES = [
+    pytest.param(0.0, id="first-batch"),
+    pytest.param(0.4, id="40%"),
+    pytest.param(0.8, id="80%"),
+]
 # Seconds after upgrade-schema starts writing.
 UPGRADE_DELAYS = [pytest.param(d, id=f"{int(d * 1000)}ms") for d in (0.0, 0.05, 0.15, 0.4)]
 
@@ -121,8 +124,7 @@ def assert_each_run_linked_once(
         )
         links = dict(
             conn.execute(
-                sa.select(production_runs.c.id, recipe_snapshots.c.production_run_id)
-                .select_from(
+                sa.select(production_runs.c.id, recipe_snapshots.c.production_run_id).select_from(
                     production_runs.join(
                         recipe_snapshots,
                         recipe_snapshots.c.id == production_runs.c.recipe_snapshot_id,
@@ -151,8 +153,9 @@ def run_reference(
     """State ``large`` after one uninterrupted ``run`` process, per backend."""
     directory = tmp_path_factory.mktemp("reference-run")
     with state_templates.provisioned(backend_kind, "large", directory) as (backend, info):
-        code, out, err = cli(backend, "run", "--yes", "--no-backup", "--json",
-                             "--batch-size", BATCH)
+        code, out, err = cli(
+            backend, "run", "--yes", "--no-backup", "--json", "--batch-size", BATCH
+        )
         assert code == EXIT_OK, err
         engine = backend.make_engine()
         yield Reference(info, fingerprint.take(engine, normalized=True), json.loads(out))
@@ -213,8 +216,9 @@ def test_sigkill_of_rollback_then_resume_restores_the_database(
     left = journal_rows(engine)
     assert left is not None and 0 < left <= total - undone, "killed part-way"
 
-    code, out, err = cli(backend, "rollback", "--yes", "--no-backup", "--json",
-                         "--batch-size", BATCH)
+    code, out, err = cli(
+        backend, "rollback", "--yes", "--no-backup", "--json", "--batch-size", BATCH
+    )
     assert code == EXIT_OK, err
     assert json.loads(out)["journal_entries"] == left
     assert journal_rows(engine) is None, "the journal is dropped once empty"

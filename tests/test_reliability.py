@@ -102,15 +102,16 @@ def assert_recipe_reported(
     assert report["linked_existing"] == len(info.to_link_existing), result
 
 
-def check_only_these_unlinked(backend: Backend, engine: Engine, info: states.StateInfo,
-                              run_ids: list[int]) -> None:
+def check_only_these_unlinked(
+    backend: Backend, engine: Engine, info: states.StateInfo, run_ids: list[int]
+) -> None:
     assert linked_runs(engine) == set(info.already_linked) | set(info.work) - set(run_ids)
     verified = cli("verify", "--database-url", backend.cli_url, "--json")
     assert verified.code == EXIT_FAILED, verified
     problems = verified.json["problems"]
-    assert {(p["kind"], p["run_id"]) for p in problems} == {
-        ("unlinked_run", r) for r in run_ids
-    }, verified
+    assert {(p["kind"], p["run_id"]) for p in problems} == {("unlinked_run", r) for r in run_ids}, (
+        verified
+    )
 
 
 # --- 2. one recipe whose payload cannot be built or stored ---------------------------------
@@ -138,7 +139,11 @@ def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_link
     planned = cli("plan", "--database-url", url, "--json")
     assert planned.code == EXIT_OK, planned
     assert planned.json["recipe_errors"] == [
-        {"recipe_id": recipe_id, "runs": len(run_ids), "error": planned.json["recipe_errors"][0]["error"]}
+        {
+            "recipe_id": recipe_id,
+            "runs": len(run_ids),
+            "error": planned.json["recipe_errors"][0]["error"],
+        }
     ], planned
     assert "a pinch" in planned.json["recipe_errors"][0]["error"]
 
@@ -160,8 +165,14 @@ def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
     with engine.begin() as conn:
         conn.execute(sa.update(recipes).where(recipes.c.id == recipe_id).values(notes="漢" * 20000))
     result = cli(
-        "run", "--database-url", backend.cli_url, "--yes", "--no-backup", "--json",
-        "--batch-size", "7",
+        "run",
+        "--database-url",
+        backend.cli_url,
+        "--yes",
+        "--no-backup",
+        "--json",
+        "--batch-size",
+        "7",
     )
     if backend.kind != "mariadb":  # TEXT is unbounded there: the payload is written whole
         assert result.code == EXIT_OK, result
@@ -193,8 +204,14 @@ def test_a_non_finite_quantity_is_reported_not_written_as_non_standard_json(
             .values(quantity=float(value))
         )
     result = cli(
-        "run", "--database-url", backend.cli_url, "--yes", "--no-backup", "--json",
-        "--batch-size", "7",
+        "run",
+        "--database-url",
+        backend.cli_url,
+        "--yes",
+        "--no-backup",
+        "--json",
+        "--batch-size",
+        "7",
     )
     assert_recipe_reported(result, info, recipe_id, run_ids, "not a finite number")
     texts = "".join(t for pair in snapshot_texts(engine) for t in pair)
@@ -498,7 +515,9 @@ def relax_produced_at(engine: Engine) -> None:
     backend = engine.dialect.name
     with engine.begin() as conn:
         if backend == "postgresql":
-            conn.exec_driver_sql("ALTER TABLE production_runs ALTER COLUMN produced_at DROP NOT NULL")
+            conn.exec_driver_sql(
+                "ALTER TABLE production_runs ALTER COLUMN produced_at DROP NOT NULL"
+            )
         elif backend in ("mysql", "mariadb"):
             conn.exec_driver_sql("ALTER TABLE production_runs MODIFY produced_at DATETIME NULL")
         else:
@@ -534,7 +553,8 @@ def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
     assert planned["undated"] == 1
     assert planned["to_migrate"] == len(info.to_migrate) - 1
     assert planned["total_runs"] == sum(
-        planned[k] for k in ("already_linked", "to_migrate", "to_link_existing", "orphaned", "undated")
+        planned[k]
+        for k in ("already_linked", "to_migrate", "to_link_existing", "orphaned", "undated")
     )
     row = next(r for r in planned["per_recipe"] if r["recipe_id"] == info.run_recipe[undated])
     assert row["undated"] == 1
@@ -545,9 +565,14 @@ def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
     assert report["undated_run_ids"] == [undated] and report["skipped_undated"] == 1, result
     assert report["migrated"] == len(info.to_migrate) - 1
     with engine.connect() as conn:
-        assert conn.execute(
-            sa.select(recipe_snapshots.c.id).where(recipe_snapshots.c.production_run_id == undated)
-        ).all() == []
+        assert (
+            conn.execute(
+                sa.select(recipe_snapshots.c.id).where(
+                    recipe_snapshots.c.production_run_id == undated
+                )
+            ).all()
+            == []
+        )
     human = cli("run", "--database-url", url, "--yes", "--no-backup")
     assert human.code == EXIT_FAILED and str(undated) in human.stdout, human
     verified = cli("verify", "--database-url", url, "--json")

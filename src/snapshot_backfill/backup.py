@@ -13,7 +13,6 @@ from typing import Optional
 from .database import sqlite_uri
 from .errors import BadInputError
 
-
 # SQLite's own side files of a database, which a failed copy may leave beside it.
 _SIDE_FILES = ("-journal", "-wal", "-shm")
 

@@ -420,9 +420,7 @@ def _finish_run(
 ) -> None:
     document = _report_document(report, database)
     if report_path is not None:
-        write_text_file(
-            report_path, json.dumps(document, indent=2, default=str) + "\n", file_mode
-        )
+        write_text_file(report_path, json.dumps(document, indent=2, default=str) + "\n", file_mode)
     if out.as_json:
         out.json(document)
     else:
