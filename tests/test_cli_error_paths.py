@@ -215,11 +215,15 @@ def test_rollback_says_what_it_undid(sample_db: Path) -> None:
     assert (replanned["to_migrate"], replanned["to_link_existing"]) == (TO_MIGRATE, LINK_EXISTING)
 
 
-def test_a_second_demo_in_one_directory_starts_afresh(tmp_path: Path) -> None:
-    first = cli("demo", "--path", str(tmp_path))
-    second = cli("demo", "--path", str(tmp_path))
-    for code, out, err in (first, second):
-        assert code == EXIT_OK, err
-        # A leftover backfilled database would have nothing left to migrate.
-        assert f"Migrated {TO_MIGRATE}, linked to existing {LINK_EXISTING}," in out
-        assert "Verify OK" in out
+def test_a_second_demo_in_one_directory_refuses_to_overwrite_the_first(tmp_path: Path) -> None:
+    code, out, err = cli("demo", "--path", str(tmp_path))
+    assert code == EXIT_OK, err
+    assert f"Migrated {TO_MIGRATE}, linked to existing {LINK_EXISTING}," in out
+    assert "Verify OK" in out
+    database = tmp_path / "bake_tracker_demo.sqlite"
+    kept = database.read_bytes()
+    # The first demo's database is not this invocation's to delete (issue 13, item 7).
+    code, out, err = cli("demo", "--path", str(tmp_path))
+    assert code == EXIT_BAD_INPUT, err
+    assert f"{database} already exists" in err
+    assert database.read_bytes() == kept

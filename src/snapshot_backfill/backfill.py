@@ -6,7 +6,13 @@ classification of a production run that has no snapshot link is, in this order:
 - ``to_link_existing``: a ``recipe_snapshots`` row for the run already exists (an interrupted
   writer); the run is linked to it, never given a second one (``production_run_id`` is UNIQUE);
 - ``to_migrate``: its recipe exists; it gets a snapshot of the recipe's current data;
-- ``orphaned``: its recipe is gone; it is skipped and reported, never invented.
+- ``orphaned``: its recipe is gone; it is skipped and reported, never invented;
+- ``undated``: its recipe exists but its ``produced_at`` is NULL (a schema relaxed by hand):
+  it has no date for ``snapshot_date``, so it is skipped and reported, never given one.
+
+A recipe whose snapshot cannot be built (a quantity that is not a finite number) or stored (its
+JSON exceeds the column, e.g. MariaDB's TEXT) is listed in the plan's ``recipe_errors``; a run
+reports each of its runs as an error naming the recipe, and links every other run.
 """
 
 from __future__ import annotations
@@ -53,9 +59,10 @@ from .journal import create_journal, drop_journal, journal, journal_exists
 from .locking import migration_lock
 from .models import new_uuid, production_runs, recipe_snapshots, recipes, utc_now
 from .payload import (
+    build_payloads,
+    column_capacity,
     create_payload_table,
     drop_payload_table,
-    load_payloads,
     payload_table,
     store_payloads,
 )
@@ -91,11 +98,25 @@ class RecipeBreakdown:
     to_migrate: int
     to_link_existing: int
     orphaned: int
+    undated: int = 0
+
+
+@dataclass
+class RecipeError:
+    """A recipe whose snapshot cannot be built or stored: its runs to migrate will fail."""
+
+    recipe_id: int
+    runs: int
+    error: str
 
 
 @dataclass
 class Plan:
-    """What a run would do: every production run falls in exactly one of the four counts."""
+    """What a run would do: every production run falls in exactly one of the five counts.
+
+    ``to_migrate`` includes the runs of the recipes in ``recipe_errors``, which a run will
+    report as errors.
+    """
 
     total_runs: int
     already_linked: int
@@ -103,10 +124,16 @@ class Plan:
     to_link_existing: int
     orphaned_run_ids: list[int]
     per_recipe: list[RecipeBreakdown] = field(default_factory=list)
+    undated_run_ids: list[int] = field(default_factory=list)
+    recipe_errors: list[RecipeError] = field(default_factory=list)
 
     @property
     def orphaned(self) -> int:
         return len(self.orphaned_run_ids)
+
+    @property
+    def undated(self) -> int:
+        return len(self.undated_run_ids)
 
     @property
     def work(self) -> int:
@@ -121,16 +148,27 @@ class Plan:
             "to_link_existing": self.to_link_existing,
             "orphaned": self.orphaned,
             "orphaned_run_ids": list(self.orphaned_run_ids),
+            "undated": self.undated,
+            "undated_run_ids": list(self.undated_run_ids),
+            "recipe_errors": [asdict(e) for e in self.recipe_errors],
             "per_recipe": [asdict(r) for r in self.per_recipe],
         }
 
 
 @dataclass
 class RunError:
-    """A production run the migrator could not link, and why."""
+    """A production run the migrator could not link, and why (and its recipe, if the cause)."""
 
     run_id: int
     error: str
+    recipe_id: Optional[int] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``run_id``, ``error``, and ``recipe_id`` when the recipe is the cause."""
+        document: dict[str, Any] = {"run_id": self.run_id, "error": self.error}
+        if self.recipe_id is not None:
+            document["recipe_id"] = self.recipe_id
+        return document
 
 
 @dataclass
@@ -151,6 +189,7 @@ class RunReport:
     migrated: int = 0
     linked_existing: int = 0
     skipped_orphans: int = 0
+    skipped_undated: int = 0
     errors: list[RunError] = field(default_factory=list)
     batches: int = 0
     duration_s: float = 0.0
@@ -158,7 +197,8 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.interrupted
+        """Nothing failed and nothing is left that verify would flag (undated runs are)."""
+        return not self.errors and not self.interrupted and not self.skipped_undated
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +206,8 @@ class RunReport:
             "migrated": self.migrated,
             "linked_existing": self.linked_existing,
             "skipped_orphans": self.skipped_orphans,
-            "errors": [asdict(e) for e in self.errors],
+            "skipped_undated": self.skipped_undated,
+            "errors": [e.to_dict() for e in self.errors],
             "batches": self.batches,
             "duration_s": round(self.duration_s, 3),
             "interrupted": self.interrupted,
@@ -257,48 +298,61 @@ def _plan(conn: Connection) -> Plan:
         .order_by(totals_q.c.recipe_id)
     ).all()
     gone = [g.recipe_id for g in groups if g.recipe_found is None]
+    gone_set = set(gone)
     # Listing the orphans in a second query read them twice; on MariaDB, whose buffer pool
     # may be smaller than production_runs, that was a second read of the table from disk
-    # (1.7 s of a 3.3 s no-op run at 1M runs).
-    run_of_gone_recipe = (
-        case((runs.c.recipe_id.in_(gone), runs.c.id), else_=literal(None, Integer))
-        if gone
-        else literal(None, Integer)
-    ).label("gone_recipe_run")
+    # (1.7 s of a 3.3 s no-op run at 1M runs). The undated runs (produced_at NULL, only in a
+    # schema relaxed by hand) are listed by the same pass.
+    whens: list[Any] = [(runs.c.produced_at.is_(None), runs.c.id)]
+    if gone:
+        whens.insert(0, (runs.c.recipe_id.in_(gone), runs.c.id))
+    listed_run = case(*whens, else_=literal(None, Integer)).label("listed_run")
     unlinked: dict[int, list[int]] = {}
     orphaned_ids: list[int] = []
+    undated_ids: list[int] = []
+    undated_per_recipe: dict[int, int] = {}
     for row in conn.execute(
         select(
             runs.c.recipe_id,
-            run_of_gone_recipe,
+            listed_run,
             func.count().label("unlinked"),
             func.count(snaps.c.id).label("with_snapshot"),
         )
         .select_from(runs.outerjoin(snaps, snaps.c.production_run_id == runs.c.id))
         .where(runs.c.recipe_snapshot_id.is_(None))
-        .group_by(runs.c.recipe_id, run_of_gone_recipe)
+        .group_by(runs.c.recipe_id, listed_run)
     ):
         counts = unlinked.setdefault(row.recipe_id, [0, 0])
         counts[0] += row.unlinked
         counts[1] += row.with_snapshot
-        if row.gone_recipe_run is not None and not row.with_snapshot:
-            orphaned_ids.append(row.gone_recipe_run)
+        if row.listed_run is not None and not row.with_snapshot:
+            if row.recipe_id in gone_set:
+                orphaned_ids.append(row.listed_run)
+            else:
+                undated_ids.append(row.listed_run)
+                undated_per_recipe[row.recipe_id] = undated_per_recipe.get(row.recipe_id, 0) + 1
     per_recipe: list[RecipeBreakdown] = []
     for g in groups:
         unlinked_runs, with_snapshot = unlinked.get(g.recipe_id, (0, 0))
         without_snapshot = unlinked_runs - with_snapshot
         found = g.recipe_found is not None
+        undated = undated_per_recipe.get(g.recipe_id, 0)
         per_recipe.append(
             RecipeBreakdown(
                 recipe_id=g.recipe_id,
                 recipe_name=g.name,
                 total_runs=int(g.total_runs),
                 already_linked=int(g.total_runs) - unlinked_runs,
-                to_migrate=without_snapshot if found else 0,
+                to_migrate=without_snapshot - undated if found else 0,
                 to_link_existing=with_snapshot,
                 orphaned=0 if found else without_snapshot,
+                undated=undated,
             )
         )
+    # Each recipe's payload is built once here too (a few ms per thousand recipes), so the
+    # plan names the recipes whose runs a run would fail, before anything is written.
+    migrating = {r.recipe_id: r.to_migrate for r in per_recipe if r.to_migrate}
+    failures = build_payloads(conn, migrating, column_capacity(conn)).failures if migrating else {}
     return Plan(
         total_runs=sum(r.total_runs for r in per_recipe),
         already_linked=sum(r.already_linked for r in per_recipe),
@@ -306,6 +360,11 @@ def _plan(conn: Connection) -> Plan:
         to_link_existing=sum(r.to_link_existing for r in per_recipe),
         orphaned_run_ids=sorted(orphaned_ids),
         per_recipe=per_recipe,
+        undated_run_ids=sorted(undated_ids),
+        recipe_errors=[
+            RecipeError(recipe_id, migrating[recipe_id], reason)
+            for recipe_id, reason in sorted(failures.items())
+        ],
     )
 
 
@@ -334,14 +393,17 @@ class _Batch:
         self.link: list[Any] = []
         self.migrate: list[Any] = []
         self.orphans: list[Any] = []
+        self.undated: list[Any] = []
         # One pass: a Row's attribute lookup is not free (three passes were ~4% of a run).
         for r in rows:
             if r.snapshot_id is not None:
                 self.link.append(r)
-            elif r.recipe_found is not None:
-                self.migrate.append(r)
-            else:
+            elif r.recipe_found is None:
                 self.orphans.append(r)
+            elif r.undated:
+                self.undated.append(r)
+            else:
+                self.migrate.append(r)
 
 
 def _next_batch(conn: Connection, after: int, size: int) -> Optional[_Batch]:
@@ -357,6 +419,7 @@ def _next_batch(conn: Connection, after: int, size: int) -> Optional[_Batch]:
             runs.c.recipe_id,
             snaps.c.id.label("snapshot_id"),
             recipes.c.id.label("recipe_found"),
+            case((runs.c.produced_at.is_(None), 1), else_=0).label("undated"),
         )
         .select_from(
             runs.outerjoin(snaps, own_snapshot).outerjoin(recipes, recipes.c.id == runs.c.recipe_id)
@@ -459,7 +522,8 @@ def _link(
                     runs.c.recipe_id,
                     runs.c.id,
                     literal(1.0, Float),
-                    func.coalesce(runs.c.produced_at, now_value),
+                    # Never NULL: a run without produced_at is never migrated (undated).
+                    runs.c.produced_at,
                     payload_table.c.recipe_data,
                     payload_table.c.ingredients_data,
                     literal(True, Boolean),
@@ -519,8 +583,31 @@ def _link(
         )
 
 
-def _link_isolating_failures(conn: Connection, batch: _Batch, report: RunReport) -> None:
-    """Write a batch; if it fails, redo it run by run and record the runs that fail."""
+def _link_isolating_failures(
+    conn: Connection,
+    batch: _Batch,
+    report: RunReport,
+    recipe_failures: Optional[dict[int, str]] = None,
+) -> None:
+    """Write a batch; if it fails, redo it run by run and record the runs that fail.
+
+    The runs of a recipe in ``recipe_failures`` (its payload could not be built or stored)
+    are recorded as errors up front, with the reason, and the rest of the batch goes on.
+    """
+    if recipe_failures:
+        blocked = [r for r in batch.migrate if r.recipe_id in recipe_failures]
+        if blocked:
+            batch.migrate = [r for r in batch.migrate if r.recipe_id not in recipe_failures]
+            report.errors.extend(
+                RunError(
+                    r.id,
+                    f"recipe {r.recipe_id} cannot be snapshotted: {recipe_failures[r.recipe_id]}",
+                    recipe_id=r.recipe_id,
+                )
+                for r in blocked
+            )
+    if not batch.migrate and not batch.link:
+        return
     now = utc_now()
     try:
         with conn.begin_nested():
@@ -586,7 +673,10 @@ def run(
     started = time.monotonic()
     if known_plan is not None and not known_plan.work:
         report = RunReport(
-            plan=known_plan, run_token=new_uuid(), skipped_orphans=known_plan.orphaned
+            plan=known_plan,
+            run_token=new_uuid(),
+            skipped_orphans=known_plan.orphaned,
+            skipped_undated=known_plan.undated,
         )
         report.duration_s = time.monotonic() - started
         return report
@@ -611,6 +701,7 @@ def run(
                     report,
                 ) from None
         report.skipped_orphans = report.plan.orphaned
+        report.skipped_undated = report.plan.undated
         if report.migrated or report.linked_existing:
             refresh_statistics(engine, *PLAN_STATISTICS)
     report.duration_s = time.monotonic() - started
@@ -619,21 +710,25 @@ def run(
 
 def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator[Progress]:
     stored: set[int] = set()
+    failed: dict[int, str] = {}
     after = 0
     with engine.connect() as conn:
         with write_transaction(conn):
             create_journal(conn)
             create_payload_table(conn)
+            capacity = column_capacity(conn)
         try:
             while True:
                 with write_transaction(conn):
                     batch = _next_batch(conn, after, batch_size)
                     if batch is None:
                         return
-                    missing = {r.recipe_id for r in batch.migrate} - stored
-                    store_payloads(conn, load_payloads(conn, missing))
-                    stored |= missing
-                    _link_isolating_failures(conn, batch, report)
+                    missing = {r.recipe_id for r in batch.migrate} - stored - failed.keys()
+                    built = build_payloads(conn, missing, capacity)
+                    store_payloads(conn, built.payloads)
+                    stored |= built.payloads.keys()
+                    failed.update(built.failures)
+                    _link_isolating_failures(conn, batch, report, failed)
                 after = batch.last_id
                 report.batches += 1
                 done = report.migrated + report.linked_existing + len(report.errors)
@@ -715,7 +810,12 @@ def _check_links(conn: Connection, problems: _Problems) -> None:
     # Every unlinked run is a problem except an orphan (no recipe and no snapshot row): a run
     # whose recipe is gone but whose snapshot exists is one a run would link.
     unlinked = conn.execute(
-        select(runs.c.id, runs.c.recipe_id, snaps.c.id.label("snapshot_id"))
+        select(
+            runs.c.id,
+            runs.c.recipe_id,
+            snaps.c.id.label("snapshot_id"),
+            runs.c.produced_at.is_(None).label("undated"),
+        )
         .select_from(_unlinked_runs_joined())
         .where(
             runs.c.recipe_snapshot_id.is_(None),
@@ -727,6 +827,8 @@ def _check_links(conn: Connection, problems: _Problems) -> None:
         detail = f"run {row.id} (recipe {row.recipe_id}) is not linked to a snapshot"
         if row.snapshot_id is not None:
             detail += f" although snapshot {row.snapshot_id} exists for it"
+        elif row.undated:
+            detail += " (its produced_at is NULL: no date for a snapshot)"
         problems.add(Problem("unlinked_run", detail, run_id=row.id, snapshot_id=row.snapshot_id))
     linked_target = snaps.alias("linked_target")
     wrong = conn.execute(
@@ -751,6 +853,11 @@ def _check_links(conn: Connection, problems: _Problems) -> None:
         )
 
 
+def _reject_constant(name: str) -> Any:
+    """Strict JSON: NaN, Infinity and -Infinity are not JSON (Python's parser takes them)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _check_snapshot_json(conn: Connection, problems: _Problems) -> None:
     rows = conn.execution_options(yield_per=1000).execute(
         select(
@@ -760,7 +867,7 @@ def _check_snapshot_json(conn: Connection, problems: _Problems) -> None:
     for row in rows:
         for column, expected in (("recipe_data", dict), ("ingredients_data", list)):
             try:
-                value = json.loads(getattr(row, column))
+                value = json.loads(getattr(row, column), parse_constant=_reject_constant)
             except (TypeError, ValueError) as exc:
                 problems.add(
                     Problem(
@@ -797,7 +904,9 @@ def _check_backfilled(conn: Connection, problems: _Problems) -> None:
         .select_from(snaps.join(runs, runs.c.id == snaps.c.production_run_id))
         .where(
             snaps.c.is_backfilled == True,
-            (snaps.c.scale_factor != 1.0) | (snaps.c.snapshot_date != runs.c.produced_at),
+            (snaps.c.scale_factor != 1.0)
+            | (snaps.c.snapshot_date != runs.c.produced_at)
+            | runs.c.produced_at.is_(None),
         )
         .order_by(snaps.c.id)
     )
@@ -811,7 +920,17 @@ def _check_backfilled(conn: Connection, problems: _Problems) -> None:
                     snapshot_id=row.id,
                 )
             )
-        if row.snapshot_date != row.produced_at:
+        if row.produced_at is None:
+            problems.add(
+                Problem(
+                    "backfill_snapshot_date",
+                    f"backfilled snapshot {row.id} is dated {row.snapshot_date}, "
+                    f"but run {row.production_run_id} has no produced_at",
+                    run_id=row.production_run_id,
+                    snapshot_id=row.id,
+                )
+            )
+        elif row.snapshot_date != row.produced_at:
             problems.add(
                 Problem(
                     "backfill_snapshot_date",

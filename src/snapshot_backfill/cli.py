@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import __version__, backfill
-from .backup import backup_sqlite
+from .backup import backup_sqlite, sibling_mode, write_text_file
 from .database import (
     ENV_VAR,
     check_connection,
@@ -48,6 +49,7 @@ from .errors import (
 from .models import pre_snapshot_metadata
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
+_DEMO_SIDE_FILES = ("-journal", "-wal", "-shm", ".snapshot-backfill.lock")
 MIN_SQLITE_BUSY_TIMEOUT_S = 5.0
 WRITING_COMMANDS = ("run", "rollback", "upgrade-schema")
 
@@ -91,7 +93,15 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    if number > backfill.MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1 and {backfill.MAX_BATCH_SIZE}: {value}"
+        )
     return number
+
+
+# A day: longer waits are a typo, and every backend's timeout takes this many seconds.
+MAX_LOCK_TIMEOUT_S = 86400.0
 
 
 def _seconds(value: str) -> float:
@@ -99,8 +109,13 @@ def _seconds(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    # NaN compares false with everything, so the range check alone would let it through.
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds: {value}")
     if number < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    if number > MAX_LOCK_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LOCK_TIMEOUT_S:g}: {value}")
     return number
 
 
@@ -305,6 +320,14 @@ def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
     out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>8}")
     if the_plan.orphaned_run_ids:
         out.say(f"  orphaned run ids: {_ids(the_plan.orphaned_run_ids)}")
+    if the_plan.undated_run_ids:
+        out.say(f"  undated (produced_at NULL):    {the_plan.undated:>8}")
+        out.say(f"  undated run ids: {_ids(the_plan.undated_run_ids)}")
+    for problem in the_plan.recipe_errors:
+        out.say(
+            f"  recipe {problem.recipe_id} cannot be snapshotted ({problem.runs} runs would "
+            f"fail): {problem.error}"
+        )
     if the_plan.per_recipe:
         out.say("Per recipe:")
         out.say(
@@ -321,9 +344,16 @@ def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
 def _print_run_report(out: Output, report: backfill.RunReport) -> None:
     out.say(
         f"Migrated {report.migrated}, linked to existing {report.linked_existing}, "
-        f"skipped orphans {report.skipped_orphans}, errors {len(report.errors)} "
+        f"skipped orphans {report.skipped_orphans}, "
+        + (f"skipped undated {report.skipped_undated}, " if report.skipped_undated else "")
+        + f"errors {len(report.errors)} "
         f"({report.batches} batches, {report.duration_s:.2f}s)"
     )
+    if report.skipped_undated:
+        out.say(
+            f"  undated runs (produced_at NULL, not snapshotted): "
+            f"{_ids(report.plan.undated_run_ids)}"
+        )
     for err in report.errors:
         out.say(f"  run {err.run_id}: {err.error}")
 
@@ -356,6 +386,9 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     progress = _ProgressPrinter(out, "runs", out.stderr)
     with _opened(args) as engine, contextlib.closing(progress):
         database = display_url(engine.url)
+        # A report is no more readable than the SQLite file it describes.
+        sqlite_file = sqlite_path(engine.url) if is_sqlite(engine.url) else None
+        file_mode = sibling_mode(sqlite_file) if sqlite_file is not None else None
         the_plan = backfill.plan(engine)
         if not out.as_json:
             _print_plan(out, the_plan, database)
@@ -372,18 +405,22 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             )
         except InterruptedRunError as exc:
             progress.close()
-            _finish_run(out, exc.report, database, args.report)
+            _finish_run(out, exc.report, database, args.report, file_mode)
             raise
-    _finish_run(out, report, database, args.report)
+    _finish_run(out, report, database, args.report, file_mode)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _finish_run(
-    out: Output, report: backfill.RunReport, database: str, report_path: Optional[Path]
+    out: Output,
+    report: backfill.RunReport,
+    database: str,
+    report_path: Optional[Path],
+    file_mode: Optional[int] = None,
 ) -> None:
     document = _report_document(report, database)
     if report_path is not None:
-        report_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        write_text_file(report_path, json.dumps(document, indent=2, default=str) + "\n", file_mode)
     if out.as_json:
         out.json(document)
     else:
@@ -490,8 +527,14 @@ def cmd_demo(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     directory = args.path or Path(tempfile.mkdtemp(prefix="snapshot-backfill-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     database = directory / DEMO_DATABASE_NAME
-    for leftover in directory.glob(DEMO_DATABASE_NAME + "*"):
-        leftover.unlink()
+    # Never delete or overwrite a file this invocation did not create: the database, its
+    # journal and the lock file beside it must all be new.
+    for ours in (database, *(database.with_name(database.name + s) for s in _DEMO_SIDE_FILES)):
+        if ours.exists() or ours.is_symlink():
+            raise BadInputError(
+                f"{ours} already exists: demo writes only new files; move it away or choose "
+                "another --path"
+            )
     url = URL.create("sqlite", database=str(database.absolute()))
     old_schema = args.from_old_schema
     schema = " (the schema of before the snapshot feature)" if old_schema else ""

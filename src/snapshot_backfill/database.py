@@ -32,7 +32,9 @@ _DEFAULT_DRIVERS = {
 }
 _EXTRA_FOR_BACKEND = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 _LOCK_ERROR = re.compile(r"database is locked|lock timeout|lock wait timeout", re.IGNORECASE)
-_PASSWORD_IN_TEXT = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
+# The password runs to the last "@" of the URL: an unencoded "@" in it must not leave its
+# tail on show (SQLAlchemy would take that tail for the host; resolve_url refuses such a URL).
+_PASSWORD_IN_TEXT = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)@")
 
 
 def mask_password(text: str) -> str:
@@ -63,6 +65,13 @@ def resolve_url(value: Optional[str], environ: Mapping[str, str] = os.environ) -
             f"invalid database URL: {mask_password(raw)} "
             "(expected e.g. sqlite:///path/to.db, postgresql://user@host/db, mysql://user@host/db)"
         ) from None
+    if url.password is not None and any("@" in (part or "") for part in (url.host, url.database)):
+        # make_url ends the password at its first "@": the rest would be used as the host (and
+        # shown as such). Say so instead of connecting somewhere the user did not mean.
+        raise BadInputError(
+            f"invalid database URL: {mask_password(raw)}: the password holds an unencoded "
+            '"@"; URL-encode the password ("@" is %40, "/" %2F, "#" %23, "%" %25)'
+        )
     driver = _DEFAULT_DRIVERS.get(url.drivername)
     if driver:
         url = url.set(drivername=driver)

@@ -12,6 +12,7 @@ import filelock
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from .backup import restrict_mode, sibling_mode
 from .database import display_url, sqlite_path
 from .errors import BadInputError, LockedError
 
@@ -92,7 +93,10 @@ def _sqlite_lock(engine: Engine, timeout: float) -> Iterator[None]:
         yield
         return
     lock_path = sqlite_lock_path(database)
-    lock = filelock.FileLock(str(lock_path), timeout=timeout)
+    # The lock file is no more readable than the database (an older one is tightened).
+    mode = sibling_mode(database)
+    restrict_mode(lock_path, mode)
+    lock = filelock.FileLock(str(lock_path), timeout=timeout, mode=mode)
     try:
         lock.acquire()
     except filelock.Timeout:

@@ -39,6 +39,7 @@ from .database import (
     is_sqlite,
     open_engine,
     sqlite_path,
+    sqlite_uri,
     write_transaction,
 )
 from .errors import (
@@ -1487,6 +1488,8 @@ def load_sample_file(
     # made for it; an existing database's journal may belong to another writer.
     if path is not None and not path.exists():
         created = [path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_SIDE_FILES)]
+    elif path is not None:
+        _require_sqlite_file(path, url)
     engine = open_engine(url, create=True)
     try:
         return load_sample(engine, sample, metadata=metadata)
@@ -1502,6 +1505,23 @@ def load_sample_file(
 
 
 _SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
+
+
+def _require_sqlite_file(path: Path, url: URL) -> None:
+    """Refuse, read-only and before anything is written, a file that is not a SQLite database."""
+    try:
+        probe = sqlite3.connect(f"{sqlite_uri(path)}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise BadInputError(f"cannot load sample data into {display_url(url)}: {exc}") from None
+    try:
+        probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise BadInputError(
+            f"cannot load sample data into {display_url(url)}: {describe_db_error(exc)}; "
+            "nothing was changed"
+        ) from None
+    finally:
+        probe.close()
 
 
 class _Loader:
@@ -1604,13 +1624,13 @@ class _Loader:
         self.conn.commit()
 
     def refuse_if_loaded(self) -> None:
-        existing = set(sa.inspect(self.conn).get_table_names())
-        ours = [*self.metadata.tables, JOURNAL_TABLE]
-        clash = sorted(name for name in ours if name in existing)
+        # Any table at all: sample data goes into a new or empty database only, never beside
+        # another application's tables.
+        clash = sorted(sa.inspect(self.conn).get_table_names())
         if clash:
             raise BadInputError(
                 f"refusing to load sample data into {self.report.database}: it already has "
-                f"the table(s) {', '.join(clash)}; load sample data only into an empty "
+                f"the table(s) {', '.join(clash)}; load sample data only into a new or empty "
                 "database (nothing was changed)"
             )
 
