@@ -114,6 +114,20 @@ def check_only_these_unlinked(
     )
 
 
+def run_in_small_batches(backend: Backend) -> Result:
+    """``run --yes --no-backup --json`` in batches of 7, so a bad recipe shares batches."""
+    return cli(
+        "run",
+        "--database-url",
+        backend.cli_url,
+        "--yes",
+        "--no-backup",
+        "--json",
+        "--batch-size",
+        "7",
+    )
+
+
 # --- 2. one recipe whose payload cannot be built or stored ---------------------------------
 
 
@@ -164,16 +178,7 @@ def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
     recipe_id, run_ids = recipe_with_most_runs_to_migrate(info)
     with engine.begin() as conn:
         conn.execute(sa.update(recipes).where(recipes.c.id == recipe_id).values(notes="漢" * 20000))
-    result = cli(
-        "run",
-        "--database-url",
-        backend.cli_url,
-        "--yes",
-        "--no-backup",
-        "--json",
-        "--batch-size",
-        "7",
-    )
+    result = run_in_small_batches(backend)
     if backend.kind != "mariadb":  # TEXT is unbounded there: the payload is written whole
         assert result.code == EXIT_OK, result
         assert ("\\u6f22" * 20000) in "".join(t for pair in snapshot_texts(engine) for t in pair)
@@ -203,16 +208,7 @@ def test_a_non_finite_quantity_is_reported_not_written_as_non_standard_json(
             .where(recipe_ingredients.c.recipe_id == recipe_id)
             .values(quantity=float(value))
         )
-    result = cli(
-        "run",
-        "--database-url",
-        backend.cli_url,
-        "--yes",
-        "--no-backup",
-        "--json",
-        "--batch-size",
-        "7",
-    )
+    result = run_in_small_batches(backend)
     assert_recipe_reported(result, info, recipe_id, run_ids, "not a finite number")
     texts = "".join(t for pair in snapshot_texts(engine) for t in pair)
     assert "NaN" not in texts and "Infinity" not in texts
