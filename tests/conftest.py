@@ -60,8 +60,8 @@ import filelock
 import pytest
 from sqlalchemy.engine import URL, Engine
 
-import states
-from backends import (
+from snapshot_backfill.testing import states
+from snapshot_backfill.testing.backends import (
     ALL_BACKENDS,
     ENV_VARS,
     MARIADB,

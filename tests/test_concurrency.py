@@ -19,10 +19,8 @@ from snapshot_backfill import backfill
 from snapshot_backfill.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, RunAbortedError
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import new_uuid, production_runs, recipe_snapshots, utc_now
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import fingerprint, states
+from snapshot_backfill.testing.backends import Backend
 
 pytestmark = pytest.mark.slow
 

@@ -24,9 +24,8 @@ from snapshot_backfill.database import (
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
-
-from backends import Backend
-from states import StateInfo
+from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.states import StateInfo
 
 
 @pytest.mark.parametrize(

@@ -37,11 +37,10 @@ from snapshot_backfill import backfill
 from snapshot_backfill.errors import LockedError
 from snapshot_backfill.locking import migration_lock
 from snapshot_backfill.models import production_runs, recipe_snapshots
-
-import fingerprint
-from backends import Backend
-from fingerprint import Fingerprint, assert_same, explain
-from states import (
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
+from snapshot_backfill.testing.states import (
     STATE_PARAMS,
     StateInfo,
     check_backfilled_content,

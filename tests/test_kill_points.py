@@ -31,10 +31,8 @@ from snapshot_backfill.database import sqlite_path, sqlite_uri
 from snapshot_backfill.errors import EXIT_OK
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import production_runs, recipe_snapshots
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import fingerprint, states
+from snapshot_backfill.testing.backends import Backend
 
 pytestmark = pytest.mark.slow
 

@@ -40,11 +40,10 @@ from snapshot_backfill.schema_upgrade import (
     plan_upgrade,
     upgrade_schema,
 )
-
-import fingerprint
-from backends import MARIADB, Backend, provision
-from fingerprint import Fingerprint, assert_same, explain
-from states import (
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import MARIADB, Backend, provision
+from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
+from snapshot_backfill.testing.states import (
     PRE_SNAPSHOT_DELETED_RECIPES,
     PRE_SNAPSHOT_RECIPES,
     PRE_SNAPSHOT_SCHEMA,

@@ -29,12 +29,11 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.models import Base
-
-import factories as f
-import fingerprint
-from backends import Backend, provision
-from fingerprint import assert_same, explain
-from states import (
+from snapshot_backfill.testing import factories as f
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import Backend, provision
+from snapshot_backfill.testing.fingerprint import assert_same, explain
+from snapshot_backfill.testing.states import (
     RUN_KINDS,
     Blueprint,
     RecipeSpec,

@@ -25,10 +25,8 @@ from sqlalchemy.engine import Engine
 from snapshot_backfill import backup as backup_module
 from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInputError
 from snapshot_backfill.models import production_runs, recipe_ingredients, recipe_snapshots, recipes
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import fingerprint, states
+from snapshot_backfill.testing.backends import Backend
 
 PROCESS_TIMEOUT_S = 120
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")

@@ -21,11 +21,10 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import InterruptedRunError
-
-import fingerprint
-from backends import Backend
-from fingerprint import Fingerprint, assert_same, explain
-from states import (
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
+from snapshot_backfill.testing.states import (
     StateInfo,
     check_verify,
     describe,

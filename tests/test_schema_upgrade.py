@@ -45,10 +45,9 @@ from snapshot_backfill.schema_upgrade import (
     split_table_definitions,
     upgrade_schema,
 )
-
-from backends import MARIADB, POSTGRESQL, Backend, provision, skip_reason
-from shared_spec import APP_PRE_SNAPSHOT_SCHEMA, APP_SCHEMA, require
-from states import (
+from snapshot_backfill.testing.appschema import APP_PRE_SNAPSHOT_SCHEMA, APP_SCHEMA, require
+from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend, provision, skip_reason
+from snapshot_backfill.testing.states import (
     MODEL_TABLES,
     Interrupted,
     assert_same_schema,

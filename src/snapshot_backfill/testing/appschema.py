@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+SHARED_SPEC = Path(__file__).resolve().parents[4] / "shared" / "spec"
 APP_SCHEMA = SHARED_SPEC / "bake_tracker_schema.sql"
 APP_PRE_SNAPSHOT_SCHEMA = SHARED_SPEC / "bake_tracker_schema_pre_snapshot.sql"
 

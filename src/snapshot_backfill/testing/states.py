@@ -92,12 +92,9 @@ from snapshot_backfill.models import (
     recipes,
 )
 from snapshot_backfill.schema_upgrade import UpgradeStep
-
-import factories as f
-from fingerprint import Fingerprint, changed_rows, explain
-
-SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
-APP_SCHEMA = SHARED_SPEC / "bake_tracker_schema.sql"
+from snapshot_backfill.testing import factories as f
+from snapshot_backfill.testing.appschema import APP_SCHEMA
+from snapshot_backfill.testing.fingerprint import Fingerprint, changed_rows, explain
 
 SMALL_BATCH = 7  # a prime smaller than every state: batches end at odd places
 LARGE_RUNS = 2000

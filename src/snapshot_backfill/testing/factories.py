@@ -266,7 +266,7 @@ class RecipeIngredientFactory(BaseFactory):
         ingredient_lost = False
         missing_ingredient = factory.Trait(ingredient_lost=True)
 
-    recipe = factory.SubFactory("factories.RecipeFactory", lines=())
+    recipe = factory.SubFactory("snapshot_backfill.testing.factories.RecipeFactory", lines=())
     ingredient = factory.SubFactory(IngredientFactory)
     quantity = factory.Faker("random_element", elements=QUANTITIES)
     unit = factory.Faker("random_element", elements=UNITS)
@@ -291,7 +291,7 @@ class RecipeFactory(BaseFactory):
         with_missing_ingredient = False
         archived = factory.Trait(is_archived=True)
         variant = factory.Trait(
-            base_recipe=factory.SubFactory("factories.RecipeFactory"),
+            base_recipe=factory.SubFactory("snapshot_backfill.testing.factories.RecipeFactory"),
             variant_name=factory.Faker(
                 "random_element", elements=("Gluten-Free", "Half Batch", "Holiday", "Vegan")
             ),
@@ -394,7 +394,7 @@ class ProductionRunFactory(BaseFactory):
     snapshot = factory.Maybe(
         factory.LazyAttribute(lambda o: o.snapshot_kind is not None),
         factory.RelatedFactory(
-            "factories.RecipeSnapshotFactory",
+            "snapshot_backfill.testing.factories.RecipeSnapshotFactory",
             factory_related_name="run",
             backfilled=factory.LazyAttribute(
                 lambda o: o.factory_parent.snapshot_kind == "backfilled"
