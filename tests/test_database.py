@@ -25,7 +25,7 @@ from snapshot_backfill.database import (
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
 from snapshot_backfill.testing.backends import Backend
-from snapshot_backfill.testing.states import StateInfo
+from snapshot_backfill.testing.expectations import StateInfo
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from snapshot_backfill.database import open_engine
 from snapshot_backfill.models import production_runs
 from snapshot_backfill.testing.backends import SQLITE, Backend, provision
 from snapshot_backfill.testing.digest import TableDigest, changed_tables, table_digests
-from snapshot_backfill.testing.states import StateInfo
+from snapshot_backfill.testing.expectations import StateInfo
 
 KINDS = sa.MetaData()
 # One column of each kind the backends store differently.

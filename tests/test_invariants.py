@@ -39,10 +39,9 @@ from snapshot_backfill.locking import migration_lock
 from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import fingerprint
 from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.expectations import StateInfo, describe, historical_cases
 from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
-from snapshot_backfill.testing.states import (
-    STATE_PARAMS,
-    StateInfo,
+from snapshot_backfill.testing.invariants import (
     check_backfilled_content,
     check_links_after_run,
     check_plan,
@@ -50,12 +49,9 @@ from snapshot_backfill.testing.states import (
     check_run_report,
     check_verify,
     check_writes,
-    describe,
-    historical_cases,
-    rollback_backfill,
-    run_backfill,
-    sqlite_files,
 )
+from snapshot_backfill.testing.plugin import STATE_PARAMS
+from snapshot_backfill.testing.running import rollback_backfill, run_backfill, sqlite_files
 
 
 def _where(state: StateInfo, backend: Backend) -> dict[str, Any]:
