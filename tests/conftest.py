@@ -254,7 +254,7 @@ def state_templates(server_urls: dict[str, Optional[URL]]) -> StateTemplates:
     return StateTemplates(Path(os.environ[TEMPLATES_DIR_VAR]), server_urls)
 
 
-@pytest.fixture(params=plugin.STATE_PARAMS)
+@pytest.fixture(params=plugin.state_params())
 def state(
     request: pytest.FixtureRequest, backend: Backend, state_templates: StateTemplates
 ) -> expectations.StateInfo:

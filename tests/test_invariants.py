@@ -50,7 +50,7 @@ from snapshot_backfill.testing.invariants import (
     check_verify,
     check_writes,
 )
-from snapshot_backfill.testing.plugin import STATE_PARAMS
+from snapshot_backfill.testing.plugin import state_params
 from snapshot_backfill.testing.running import rollback_backfill, run_backfill, sqlite_files
 
 
@@ -80,7 +80,7 @@ class OneRun:
         return _where(self.state, self.backend)
 
 
-@pytest.fixture(scope="module", params=STATE_PARAMS)
+@pytest.fixture(scope="module", params=state_params())
 def one_run(
     request: pytest.FixtureRequest,
     backend_kind: str,

@@ -174,14 +174,21 @@ def take(
 
 
 def diff_databases(
-    expected: Source, found: Source, *, limit: int = MAX_DIFF_LINES
+    expected: Source,
+    found: Source,
+    *,
+    tables: Optional[Iterable[str]] = None,
+    limit: int = MAX_DIFF_LINES,
 ) -> tuple[list[str], str]:
     """Compare two live databases: the tables that differ, and a row-level diff of those.
 
     Both are first digested table by table (memory flat); rows are read only from the tables
-    whose digest differs.
+    whose digest differs. ``tables`` limits the comparison to those.
     """
-    changed = take(expected, keep_rows=False).changed_tables(take(found, keep_rows=False))
+    wanted = None if tables is None else list(tables)
+    changed = take(expected, keep_rows=False, tables=wanted).changed_tables(
+        take(found, keep_rows=False, tables=wanted)
+    )
     if not changed:
         return [], "(no difference)"
     return changed, take(expected, tables=changed).diff(take(found, tables=changed), limit)
