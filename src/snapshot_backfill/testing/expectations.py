@@ -26,6 +26,7 @@ from snapshot_backfill.models import (
     recipe_snapshots,
     recipes,
 )
+from snapshot_backfill.sample_data import ExpectedCounts
 from snapshot_backfill.testing.fingerprint import explain
 
 SMALL_BATCH = 7  # a prime smaller than every state: batches end at odd places
@@ -81,6 +82,16 @@ class StateInfo:
     def verify_problems_before(self) -> tuple[int, ...]:
         """The runs ``verify`` must flag before the backfill: every run a run would link."""
         return self.work
+
+    def counts(self) -> ExpectedCounts:
+        """The state's counts, in the type every generator of data declares them with."""
+        return ExpectedCounts(
+            total_runs=self.total_runs,
+            already_linked=len(self.already_linked),
+            link_existing=len(self.to_link_existing),
+            to_migrate=len(self.to_migrate),
+            orphaned=len(self.orphaned),
+        )
 
     def expected_plan(self) -> dict[str, Any]:
         """The plan's counts, as ``Plan`` names them."""

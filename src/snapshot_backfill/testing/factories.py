@@ -52,6 +52,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from snapshot_backfill.database import transaction_without_foreign_keys
 from snapshot_backfill.models import (
     FinishedUnit,
     Ingredient,
@@ -179,38 +180,16 @@ def schedule_deletion(table_name: str, row_id: int) -> None:
 def delete_with_foreign_keys_off(engine: Engine, deletions: Mapping[str, Iterable[int]]) -> None:
     """Delete rows by id the way production lost them: with foreign-key enforcement off.
 
-    ``deletions`` maps ``recipes``/``ingredients`` to ids. SQLite: ``PRAGMA foreign_keys = OFF``
-    (only possible outside a transaction, hence on the raw connection before SQLAlchemy begins
-    one); PostgreSQL: ``session_replication_role = replica`` (superuser only); MariaDB:
-    ``FOREIGN_KEY_CHECKS = 0``. Nothing cascades: the recipe lines and finished units of a
-    deleted recipe stay, as they did in production.
+    ``deletions`` maps ``recipes``/``ingredients`` to ids; ``transaction_without_foreign_keys``
+    says how each backend switches the checks off. Nothing cascades: the recipe lines and
+    finished units of a deleted recipe stay, as they did in production.
     """
     tables = {"recipes": recipes, "ingredients": ingredients}
-    backend = engine.dialect.name
-    with engine.connect() as conn:
-        raw: Any = None
-        if backend == "sqlite":
-            raw = conn.connection.driver_connection
-            raw.execute("PRAGMA foreign_keys = OFF")
-            if raw.execute("PRAGMA foreign_keys").fetchone()[0] != 0:
-                raise RuntimeError("SQLite ignored PRAGMA foreign_keys = OFF (in a transaction?)")
-        elif backend in ("mysql", "mariadb"):
-            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
-            conn.commit()
-        try:
-            with conn.begin():
-                if backend == "postgresql":
-                    conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-                for name, ids in deletions.items():
-                    wanted = sorted(ids)
-                    if wanted:
-                        conn.execute(delete(tables[name]).where(tables[name].c.id.in_(wanted)))
-        finally:
-            if backend == "sqlite":
-                raw.execute("PRAGMA foreign_keys = ON")
-            elif backend in ("mysql", "mariadb"):
-                conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
-                conn.commit()
+    with transaction_without_foreign_keys(engine) as conn:
+        for name, ids in deletions.items():
+            wanted = sorted(ids)
+            if wanted:
+                conn.execute(delete(tables[name]).where(tables[name].c.id.in_(wanted)))
 
 
 def slugify(text: str) -> str:

@@ -113,22 +113,15 @@ def build_from_sample_data(engine: Engine) -> StateInfo:
     found = observe(engine, "from_sample_data", description="test_data/sample_data.json")
     expected = report.expected
     assert expected is not None, "load_sample reported no expected counts"
+    counts = ("total_runs", "already_linked", "link_existing", "to_migrate", "orphaned")
     declared = {
-        "total_runs": expected.total_runs,
-        "already_linked": expected.already_linked,
-        "to_link_existing": expected.link_existing,
-        "to_migrate": expected.to_migrate,
-        "orphaned": expected.orphaned,
+        **{k: getattr(expected, k) for k in counts},
         "orphaned run ids": sorted(report.orphaned_run_ids),
         "linked runs (by ref)": sorted(report.run_ids[r] for r in expected.already_linked_refs),
         "dangling runs (by ref)": sorted(report.run_ids[r] for r in expected.link_existing_refs),
     }
     observed = {
-        "total_runs": found.total_runs,
-        "already_linked": len(found.already_linked),
-        "to_link_existing": len(found.to_link_existing),
-        "to_migrate": len(found.to_migrate),
-        "orphaned": len(found.orphaned),
+        **{k: getattr(found.counts(), k) for k in counts},
         "orphaned run ids": sorted(found.orphaned),
         "linked runs (by ref)": sorted(
             r
