@@ -1,7 +1,7 @@
 """Named database states, buildable on every backend, and what the backfill must do with each.
 
 Each ``build_<state>(engine) -> StateInfo`` fills an empty database (its own, fresh: see
-``backends.py``) and returns the state's expectations, declared by the builder from what it
+``backends``) and returns the state's expectations, declared by the builder from what it
 created (never computed by the migrator's code). Builders are plain functions: no pytest, so a
 script or a REPL can build a state too::
 
