@@ -45,6 +45,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import datagen  # noqa: E402  (beside this file, not a package)
 
 from snapshot_backfill.models import Base  # noqa: E402
+from snapshot_backfill.sample_data import ExpectedCounts  # noqa: E402
 
 PG_ENV = "SNAPSHOT_BACKFILL_BENCH_POSTGRESQL_URL"
 MARIADB_ENV = "SNAPSHOT_BACKFILL_BENCH_MARIADB_URL"
@@ -337,11 +338,12 @@ def fingerprint(url: str) -> str:
     return digest.hexdigest()
 
 
-def check_plan(doc: dict[str, Any], exp: datagen.Expected, where: str) -> None:
+def check_plan(doc: dict[str, Any], exp: ExpectedCounts, where: str) -> None:
+    expected = {**exp.to_dict(), "to_link_existing": exp.link_existing}
     for key in ("total_runs", "already_linked", "to_migrate", "to_link_existing", "orphaned"):
         check(
-            doc[key] == getattr(exp, key),
-            f"{where}: plan {key} = {doc[key]}, expected {getattr(exp, key)}",
+            doc[key] == expected[key],
+            f"{where}: plan {key} = {doc[key]}, expected {expected[key]}",
         )
 
 
@@ -449,7 +451,7 @@ def bench_size(backend: Backend, n: int, opts: Options, results: Results) -> Non
                     doc["errors"],
                 )
                 check(
-                    got == (exp.to_migrate, exp.to_link_existing, exp.orphaned, []),
+                    got == (exp.to_migrate, exp.link_existing, exp.orphaned, []),
                     f"{where}: run reported {got}",
                 )
                 if attempt > 0 or "run_again" not in opts.phases:

@@ -16,13 +16,14 @@ The small tables go through SQLAlchemy Core (a few hundred rows); ``production_r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import insert, text
 from sqlalchemy.engine import Connection, Engine
 
+from snapshot_backfill.database import foreign_keys_off
 from snapshot_backfill.models import (
     Base,
     YieldMode,
@@ -32,6 +33,7 @@ from snapshot_backfill.models import (
     recipes,
 )
 from snapshot_backfill.payload import load_payloads
+from snapshot_backfill.sample_data import ExpectedCounts
 
 RECIPES = 50
 KINDS = ("flour", "sugar", "butter", "egg")
@@ -48,23 +50,9 @@ LINKED_SQL = "{i} % 10 = 3"
 SNAPSHOT_UNLINKED_SQL = "{i} % 100 = 51"
 
 
-@dataclass(frozen=True)
-class Expected:
-    """What a plan of a freshly generated database must count."""
-
-    total_runs: int
-    already_linked: int
-    to_migrate: int
-    to_link_existing: int
-    orphaned: int
-
-    @property
-    def work(self) -> int:
-        return self.to_migrate + self.to_link_existing
-
-
-def expected(n: int) -> Expected:
-    """Count each class of run among ids 1..n (closed forms of the predicates above)."""
+def expected(n: int) -> ExpectedCounts:
+    """What a plan of a freshly generated database must count: each class of run among ids
+    1..n (closed forms of the predicates above)."""
 
     def count(modulus: int, rest: int) -> int:
         return (n - rest) // modulus + 1 if n >= rest else 0
@@ -72,11 +60,11 @@ def expected(n: int) -> Expected:
     orphaned = count(20, 7)
     linked = count(10, 3)
     link_existing = count(100, 51)
-    return Expected(
+    return ExpectedCounts(
         total_runs=n,
         already_linked=linked,
+        link_existing=link_existing,
         to_migrate=n - orphaned - linked - link_existing,
-        to_link_existing=link_existing,
         orphaned=orphaned,
     )
 
@@ -280,39 +268,34 @@ def generate(engine: Engine, n: int) -> None:
     """Create the six tables in an empty database and fill them for ``n`` runs."""
     Base.metadata.create_all(engine)
     backend = engine.dialect.name
+    # Orphaned runs need the foreign key unchecked, as it was when their recipe went.
     with engine.connect() as conn:
-        if backend == "sqlite":
-            conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
-        elif backend == "postgresql":
-            # Orphaned runs need the foreign key unchecked, as it was when their recipe went.
-            conn.exec_driver_sql("SET session_replication_role = replica")
-        else:
-            conn.exec_driver_sql("SET foreign_key_checks = 0")
-        _small_tables(conn)
-        _big_tables(conn, n)
-        if backend == "postgresql":
-            for table in (
-                "ingredients",
-                "recipes",
-                "recipe_ingredients",
-                "finished_units",
-                "production_runs",
-            ):
-                conn.exec_driver_sql(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT max(id) FROM {table}))"
-                )
-        conn.commit()
+        with foreign_keys_off(conn):
+            _small_tables(conn)
+            _big_tables(conn, n)
+            if backend == "postgresql":
+                for table in (
+                    "ingredients",
+                    "recipes",
+                    "recipe_ingredients",
+                    "finished_units",
+                    "production_runs",
+                ):
+                    conn.exec_driver_sql(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT max(id) FROM {table}))"
+                    )
+            conn.commit()
         if backend == "sqlite":
             # As the application opens it; no ANALYZE: the desktop application never runs it,
             # so the migrator's queries must be planned well without statistics.
-            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            # On the driver's connection: outside any transaction, whatever the engine's hooks.
+            raw: Any = conn.connection.driver_connection
+            raw.execute("PRAGMA journal_mode = WAL")
         elif backend == "postgresql":
-            conn.exec_driver_sql("SET session_replication_role = origin")
             conn.commit()
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
         else:
-            conn.exec_driver_sql("SET foreign_key_checks = 1")
             for table in ("production_runs", "recipe_snapshots"):
                 conn.exec_driver_sql(f"ANALYZE TABLE {table}").all()
             conn.commit()

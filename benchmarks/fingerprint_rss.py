@@ -2,8 +2,10 @@
 
     python benchmarks/fingerprint_rss.py                    # 10k and 1M runs, SQLite
     python benchmarks/fingerprint_rss.py --sizes 10k,100k --load-sizes 10k,100k
+    python benchmarks/fingerprint_rss.py --server-url postgresql+psycopg://postgres@127.0.0.1/test
 
-For each size, ``datagen.py`` generates a SQLite database in a temporary directory; then a
+For each size, ``datagen.py`` generates a SQLite database in a temporary directory (or, with
+``--server-url``, a database created through that server URL and dropped at the end); then a
 fresh child process (under ``peak_rss.py``, which records the child's own high-water mark)
 digests every table with ``table_digests``. ``--load-sizes`` also measures, for comparison,
 reading every row into memory at once (what a whole-database fingerprint did before the digests
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,17 +32,34 @@ def _size(text: str) -> int:
     return int(text.rstrip("km")) * factor
 
 
-def _generate(path: Path, n: int) -> None:
+def _generate(url: str, n: int) -> None:
     sys.path.insert(0, str(BENCH_DIR))
     import datagen  # beside this file, not a package
     import sqlalchemy as sa
 
     # A plain engine, as bench_backfill.py makes: datagen turns foreign keys off itself.
-    engine = sa.create_engine(f"sqlite:///{path}")
+    engine = sa.create_engine(url)
     try:
         datagen.generate(engine, n)
     finally:
         engine.dispose()
+
+
+def _server_database(server_url: str, name: str, create: bool) -> str:
+    """Create (or drop) database ``name`` through ``server_url``; return its URL."""
+    import sqlalchemy as sa
+
+    from snapshot_backfill.database import resolve_url
+
+    url = resolve_url(server_url)
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    quoted = f'"{name}"' if url.get_backend_name() == "postgresql" else f"`{name}`"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"{'CREATE' if create else 'DROP'} DATABASE {quoted}")
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def _child(mode: str, path: str) -> None:
@@ -66,7 +86,7 @@ def _child(mode: str, path: str) -> None:
     print(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - started, 2)}))
 
 
-def _measure(mode: str, path: Path) -> tuple[int, dict]:
+def _measure(mode: str, path: str) -> tuple[int, dict]:
     with tempfile.NamedTemporaryFile(suffix=".kb") as peak:
         out = subprocess.run(
             [
@@ -76,7 +96,7 @@ def _measure(mode: str, path: Path) -> tuple[int, dict]:
                 str(Path(__file__).resolve()),
                 "--child",
                 mode,
-                str(path),
+                path,
             ],
             check=True,
             capture_output=True,
@@ -91,6 +111,9 @@ def main() -> int:
     parser.add_argument(
         "--load-sizes", default="", help="also measure loading every row at once at these sizes"
     )
+    parser.add_argument(
+        "--server-url", default="", help="generate on this PostgreSQL/MariaDB server instead"
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -101,23 +124,30 @@ def main() -> int:
     peaks: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="fingerprint-rss-") as tmp:
         for n in sorted(set(sizes) | load_sizes):
-            path = Path(tmp) / f"runs-{n}.sqlite"
-            started = time.perf_counter()
-            _generate(path, n)
-            print(f"{n} runs: generated in {time.perf_counter() - started:.1f} s", flush=True)
-            for mode in ("digest", "load") if n in load_sizes else ("digest",):
-                if mode == "digest" and n not in sizes:
-                    continue
-                kb, doc = _measure(mode, path)
-                if mode == "digest":
-                    peaks[n] = kb
-                runs = doc["rows"].get("production_runs")
-                print(
-                    f"{n} runs: {mode}: peak RSS {kb / 1024:.1f} MiB, {doc['seconds']} s "
-                    f"(production_runs {runs} rows)",
-                    flush=True,
-                )
-            path.unlink()
+            name = f"fingerprint_rss_{os.getpid()}_{n}"
+            if args.server_url:
+                path = _server_database(args.server_url, name, create=True)
+            else:
+                path = f"sqlite:///{Path(tmp) / f'{name}.sqlite'}"
+            try:
+                started = time.perf_counter()
+                _generate(path, n)
+                print(f"{n} runs: generated in {time.perf_counter() - started:.1f} s", flush=True)
+                for mode in ("digest", "load") if n in load_sizes else ("digest",):
+                    if mode == "digest" and n not in sizes:
+                        continue
+                    kb, doc = _measure(mode, path)
+                    if mode == "digest":
+                        peaks[n] = kb
+                    runs = doc["rows"].get("production_runs")
+                    print(
+                        f"{n} runs: {mode}: peak RSS {kb / 1024:.1f} MiB, {doc['seconds']} s "
+                        f"(production_runs {runs} rows)",
+                        flush=True,
+                    )
+            finally:
+                if args.server_url:
+                    _server_database(args.server_url, name, create=False)
     if len(peaks) > 1:
         small, large = min(peaks), max(peaks)
         print(f"digest peak RSS {large} runs / {small} runs: {peaks[large] / peaks[small]:.2f}x")

@@ -1,6 +1,6 @@
 """Fixtures: a fresh database per test on every backend, and the named states built into it.
 
-Thin wrappers over ``backends.py`` and ``states.py`` (which work without pytest):
+Thin wrappers over ``snapshot_backfill.testing`` (``backends``, ``states``: no pytest there):
 
 ``backend``
     Parametrized over sqlite, postgresql (marked ``postgresql``) and mariadb (marked
@@ -30,7 +30,7 @@ Thin wrappers over ``backends.py`` and ``states.py`` (which work without pytest)
 Each state is built once per backend and test session and copied into each test's database
 (``StateTemplates``); ``states.build_state(name, engine)`` builds one directly.
 
-Rows of a test's own, through the factories (``factories.py``), on any backend::
+Rows of a test's own, through ``snapshot_backfill.testing.factories``, on any backend::
 
     def test_an_orphan_is_skipped(backend, build_state):
         build_state("empty")                       # our six tables
@@ -60,8 +60,8 @@ import filelock
 import pytest
 from sqlalchemy.engine import URL, Engine
 
-import states
-from backends import (
+from snapshot_backfill.testing import expectations, plugin, states
+from snapshot_backfill.testing.backends import (
     ALL_BACKENDS,
     ENV_VARS,
     MARIADB,
@@ -178,7 +178,7 @@ class StateTemplates:
         self.server_urls = server_urls
         self.loaded: dict[tuple[str, str], Any] = {}
 
-    def restore(self, backend: Backend, name: str) -> states.StateInfo:
+    def restore(self, backend: Backend, name: str) -> expectations.StateInfo:
         """Make ``backend``'s fresh database hold state ``name``; skip if it cannot exist."""
         key = (backend.kind, name)
         if key not in self.loaded:
@@ -193,7 +193,7 @@ class StateTemplates:
     @contextlib.contextmanager
     def provisioned(
         self, kind: str, name: str, directory: Path
-    ) -> Iterator[tuple[Backend, states.StateInfo]]:
+    ) -> Iterator[tuple[Backend, expectations.StateInfo]]:
         """A database of its own on backend ``kind`` holding state ``name`` (module fixtures)."""
         with provision(kind, self.server_urls[kind], directory) as backend:
             yield backend, self.restore(backend, name)
@@ -254,10 +254,10 @@ def state_templates(server_urls: dict[str, Optional[URL]]) -> StateTemplates:
     return StateTemplates(Path(os.environ[TEMPLATES_DIR_VAR]), server_urls)
 
 
-@pytest.fixture(params=states.STATE_PARAMS)
+@pytest.fixture(params=plugin.state_params())
 def state(
     request: pytest.FixtureRequest, backend: Backend, state_templates: StateTemplates
-) -> states.StateInfo:
+) -> expectations.StateInfo:
     """Every named state, in the backend's database; returns its expectations."""
     return state_templates.restore(backend, request.param)
 
@@ -265,6 +265,6 @@ def state(
 @pytest.fixture
 def build_state(
     backend: Backend, state_templates: StateTemplates
-) -> Callable[[str], states.StateInfo]:
+) -> Callable[[str], expectations.StateInfo]:
     """Put a named state into the backend's (fresh) database: ``build_state("empty")``."""
     return lambda name: state_templates.restore(backend, name)

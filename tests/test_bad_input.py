@@ -17,10 +17,8 @@ from snapshot_backfill import backfill
 from snapshot_backfill.cli import main
 from snapshot_backfill.errors import EXIT_BAD_INPUT
 from snapshot_backfill.models import pre_snapshot_metadata
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import fingerprint, states
+from snapshot_backfill.testing.backends import Backend
 
 # Each database command, as a user would type it to write (run, rollback) or only read.
 COMMANDS = [

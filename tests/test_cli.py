@@ -20,8 +20,7 @@ from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LOCKED, E
 from snapshot_backfill.locking import migration_lock
 from snapshot_backfill.models import pre_snapshot_metadata
 from snapshot_backfill.sample_data import LoadReport, load_sample_file
-
-import fingerprint
+from snapshot_backfill.testing import fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,8 @@ from snapshot_backfill import backfill
 from snapshot_backfill.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, RunAbortedError
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import new_uuid, production_runs, recipe_snapshots, utc_now
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import expectations, fingerprint, states
+from snapshot_backfill.testing.backends import Backend
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +91,7 @@ def snapshot_counts(engine: Engine) -> dict[int, int]:
     return {int(run): int(count) for run, count in rows}
 
 
-def assert_every_run_done_once(engine: Engine, info: states.StateInfo, where: str) -> None:
+def assert_every_run_done_once(engine: Engine, info: expectations.StateInfo, where: str) -> None:
     counts = snapshot_counts(engine)
     assert all(c == 1 for c in counts.values()), f"{where}: a run has two snapshots: {counts}"
     report = backfill.verify(engine)
@@ -165,7 +163,7 @@ def test_the_application_keeps_recording_runs_meanwhile(backend: Backend, build_
     again = backfill.run(app, batch_size=info.batch_size)
     first = json.loads(out)
     assert first["migrated"] + again.migrated == len(info.to_migrate) + len(new_ids)
-    expected = states.StateInfo(name="large+app", orphaned=info.orphaned)
+    expected = expectations.StateInfo(name="large+app", orphaned=info.orphaned)
     assert_every_run_done_once(app, expected, backend.describe())
 
 

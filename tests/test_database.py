@@ -14,19 +14,21 @@ from sqlalchemy.exc import OperationalError
 from snapshot_backfill import backfill
 from snapshot_backfill.database import (
     ENV_VAR,
+    ForeignKeysError,
     check_connection,
     display_url,
+    foreign_keys_off,
     mask_password,
     open_engine,
     read_only,
     resolve_url,
     sqlite_path,
+    transaction_without_foreign_keys,
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
-
-from backends import Backend
-from states import StateInfo
+from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.expectations import StateInfo
 
 
 @pytest.mark.parametrize(
@@ -272,3 +274,35 @@ def test_a_path_with_uri_characters_is_opened_whole(tmp_path: Path, name: str) -
             assert sa.inspect(conn).has_table("kept")
     finally:
         engine.dispose()
+
+
+def test_foreign_keys_off_lets_a_referenced_row_go_and_comes_back_on(
+    backend: Backend, build_state: Callable[[str], StateInfo]
+) -> None:
+    info = build_state("partially_migrated")
+    engine = backend.make_engine()
+    recipe_id, other_id = sorted(set(info.run_recipe.values()) & info.recipe_ids)[:2]
+    delete = sa.text("DELETE FROM recipes WHERE id = :id")
+    with transaction_without_foreign_keys(engine) as conn:
+        conn.execute(delete, {"id": recipe_id})
+    with engine.connect() as conn:  # committed, and the checks are back on every connection
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM recipes WHERE id = :id"), {"id": recipe_id}
+            ).scalar()
+            == 0
+        )
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.execute(delete, {"id": other_id})
+        conn.rollback()
+
+
+def test_sqlite_foreign_keys_cannot_be_switched_inside_a_transaction(
+    sqlite_backend: Backend,
+) -> None:
+    engine = sqlite_backend.make_engine()
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")  # our engines begin for real: a transaction is open
+        with pytest.raises(ForeignKeysError, match="inside a transaction"), foreign_keys_off(conn):
+            pass
+        conn.rollback()

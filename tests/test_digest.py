@@ -14,10 +14,9 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill.database import open_engine
 from snapshot_backfill.models import production_runs
+from snapshot_backfill.testing.backends import SQLITE, Backend, provision
 from snapshot_backfill.testing.digest import TableDigest, changed_tables, table_digests
-
-from backends import SQLITE, Backend, provision
-from states import StateInfo
+from snapshot_backfill.testing.expectations import StateInfo
 
 KINDS = sa.MetaData()
 # One column of each kind the backends store differently.

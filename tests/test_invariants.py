@@ -37,13 +37,11 @@ from snapshot_backfill import backfill
 from snapshot_backfill.errors import LockedError
 from snapshot_backfill.locking import migration_lock
 from snapshot_backfill.models import production_runs, recipe_snapshots
-
-import fingerprint
-from backends import Backend
-from fingerprint import Fingerprint, assert_same, explain
-from states import (
-    STATE_PARAMS,
-    StateInfo,
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.expectations import StateInfo, describe, historical_cases
+from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
+from snapshot_backfill.testing.invariants import (
     check_backfilled_content,
     check_links_after_run,
     check_plan,
@@ -51,12 +49,9 @@ from states import (
     check_run_report,
     check_verify,
     check_writes,
-    describe,
-    historical_cases,
-    rollback_backfill,
-    run_backfill,
-    sqlite_files,
 )
+from snapshot_backfill.testing.plugin import state_params
+from snapshot_backfill.testing.running import rollback_backfill, run_backfill, sqlite_files
 
 
 def _where(state: StateInfo, backend: Backend) -> dict[str, Any]:
@@ -85,7 +80,7 @@ class OneRun:
         return _where(self.state, self.backend)
 
 
-@pytest.fixture(scope="module", params=STATE_PARAMS)
+@pytest.fixture(scope="module", params=state_params())
 def one_run(
     request: pytest.FixtureRequest,
     backend_kind: str,

@@ -31,10 +31,8 @@ from snapshot_backfill.database import sqlite_path, sqlite_uri
 from snapshot_backfill.errors import EXIT_OK
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import production_runs, recipe_snapshots
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import blueprint, expectations, fingerprint, schema_images
+from snapshot_backfill.testing.backends import Backend
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +136,7 @@ def kill_when(process: subprocess.Popen[str], reached: Any, what: str) -> None:
     assert process.returncode == -signal.SIGKILL, "killed before it could end by itself"
 
 
-def assert_each_run_linked_once(engine: Engine, info: states.StateInfo, where: str) -> None:
+def assert_each_run_linked_once(engine: Engine, info: expectations.StateInfo, where: str) -> None:
     """Every run of the work linked to one snapshot of its own; verify exit 0."""
     with engine.connect() as conn:
         per_run = dict(
@@ -167,7 +165,7 @@ def assert_each_run_linked_once(engine: Engine, info: states.StateInfo, where: s
 
 @dataclass
 class Reference:
-    state: states.StateInfo
+    state: expectations.StateInfo
     after: fingerprint.Fingerprint
     report: dict[str, Any]
 
@@ -263,7 +261,7 @@ def test_sigkill_of_rollback_then_resume_restores_the_database(
 
 @dataclass
 class UpgradeReference:
-    state: states.StateInfo
+    state: expectations.StateInfo
     schema: Any
     data: fingerprint.Fingerprint
     run: dict[str, Any]
@@ -275,12 +273,12 @@ def upgrade_reference(
 ) -> Iterator[UpgradeReference]:
     """The pre-snapshot state after one uninterrupted upgrade-schema, then run, per backend."""
     directory = tmp_path_factory.mktemp("reference-upgrade")
-    name = states.PRE_SNAPSHOT_SCHEMA
+    name = blueprint.PRE_SNAPSHOT_SCHEMA
     with state_templates.provisioned(backend_kind, name, directory) as (backend, info):
         code, _, err = cli(backend, "upgrade-schema", "--yes", "--no-backup")
         assert code == EXIT_OK, err
         engine = backend.make_engine()
-        schema = states.upgraded_schema_fingerprint(engine)
+        schema = schema_images.upgraded_schema_fingerprint(engine)
         data = fingerprint.take(engine, normalized=True)
         code, out, err = cli(backend, "run", "--yes", "--no-backup", "--json")
         assert code == EXIT_OK, err
@@ -291,7 +289,7 @@ def upgrade_reference(
 def test_sigkill_of_upgrade_schema_then_resume_equals_an_uninterrupted_upgrade(
     upgrade_reference: UpgradeReference, backend: Backend, state_templates: Any, delay: float
 ) -> None:
-    info = state_templates.restore(backend, states.PRE_SNAPSHOT_SCHEMA)
+    info = state_templates.restore(backend, blueprint.PRE_SNAPSHOT_SCHEMA)
     engine = backend.make_engine()
     process = start(backend, "upgrade-schema", "--yes", "--no-backup")
     # It prints what the database lacks just before it takes the lock and writes.
@@ -304,8 +302,8 @@ def test_sigkill_of_upgrade_schema_then_resume_equals_an_uninterrupted_upgrade(
 
     code, out, err = cli(backend, "upgrade-schema", "--yes", "--no-backup")
     assert code == EXIT_OK, f"{out}\n{err}"
-    states.assert_same_schema(
-        states.upgraded_schema_fingerprint(engine),
+    schema_images.assert_same_schema(
+        schema_images.upgraded_schema_fingerprint(engine),
         upgrade_reference.schema,
         f"{backend.describe()}: upgrade killed after {delay}s, then resumed",
     )

@@ -21,8 +21,7 @@ from snapshot_backfill.backup import backup_sqlite, default_backup_path
 from snapshot_backfill.database import display_url
 from snapshot_backfill.errors import EXIT_LOCKED, BadInputError, LockedError
 from snapshot_backfill.locking import migration_lock, sqlite_lock_path
-
-from backends import Backend
+from snapshot_backfill.testing.backends import Backend
 
 WAIT_S = 0.4
 

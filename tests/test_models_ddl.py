@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from snapshot_backfill.models import Base, pre_snapshot_metadata
-
-from shared_spec import APP_SCHEMA, require
+from snapshot_backfill.testing.appschema import APP_SCHEMA, require
 
 OUR_TABLES = sorted(Base.metadata.tables)
 

@@ -40,29 +40,30 @@ from snapshot_backfill.schema_upgrade import (
     plan_upgrade,
     upgrade_schema,
 )
-
-import fingerprint
-from backends import MARIADB, Backend, provision
-from fingerprint import Fingerprint, assert_same, explain
-from states import (
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import MARIADB, Backend, provision
+from snapshot_backfill.testing.blueprint import (
     PRE_SNAPSHOT_DELETED_RECIPES,
     PRE_SNAPSHOT_RECIPES,
     PRE_SNAPSHOT_SCHEMA,
-    Interrupted,
-    SchemaImage,
-    StateInfo,
-    assert_same_schema,
+)
+from snapshot_backfill.testing.expectations import StateInfo, describe, historical_cases
+from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
+from snapshot_backfill.testing.invariants import (
     check_backfilled_content,
     check_links_after_run,
     check_plan,
     check_verify,
     check_writes,
+)
+from snapshot_backfill.testing.running import sqlite_files
+from snapshot_backfill.testing.schema_images import (
+    Interrupted,
+    SchemaImage,
+    assert_same_schema,
     create_snapshot_schema,
-    describe,
-    historical_cases,
     interrupt_at,
     schema_fingerprint,
-    sqlite_files,
     upgraded_schema_fingerprint,
 )
 

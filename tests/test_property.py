@@ -1,6 +1,6 @@
 """Property-based: the invariants hold for any history Hypothesis can make up (SQLite).
 
-A generated history (``states.Blueprint``) has recipes with any text, yields and lines (some
+A generated history (``blueprint.Blueprint``) has recipes with any text, yields and lines (some
 ingredients missing), variants and archived recipes, and runs of every kind in any order: plain,
 linked to the application's snapshot or an earlier backfill's, with a dangling snapshot row, of
 a recipe deleted with foreign keys off. What the backfill must do follows from the kinds alone
@@ -29,18 +29,19 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.models import Base
-
-import factories as f
-import fingerprint
-from backends import Backend, provision
-from fingerprint import assert_same, explain
-from states import (
+from snapshot_backfill.testing import factories as f
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import Backend, provision
+from snapshot_backfill.testing.blueprint import (
     RUN_KINDS,
     Blueprint,
     RecipeSpec,
     RunSpec,
-    StateInfo,
     build_blueprint,
+)
+from snapshot_backfill.testing.expectations import StateInfo
+from snapshot_backfill.testing.fingerprint import assert_same, explain
+from snapshot_backfill.testing.invariants import (
     check_backfilled_content,
     check_links_after_run,
     check_plan,
@@ -48,10 +49,8 @@ from states import (
     check_run_report,
     check_verify,
     check_writes,
-    rollback_backfill,
-    run_backfill,
-    sqlite_files,
 )
+from snapshot_backfill.testing.running import rollback_backfill, run_backfill, sqlite_files
 
 settings.register_profile(
     "snapshot-backfill",

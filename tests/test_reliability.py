@@ -25,10 +25,8 @@ from sqlalchemy.engine import Engine
 from snapshot_backfill import backup as backup_module
 from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInputError
 from snapshot_backfill.models import production_runs, recipe_ingredients, recipe_snapshots, recipes
-
-import fingerprint
-import states
-from backends import Backend
+from snapshot_backfill.testing import expectations, fingerprint, states
+from snapshot_backfill.testing.backends import Backend
 
 PROCESS_TIMEOUT_S = 120
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
@@ -64,7 +62,7 @@ def cli(*argv: str, cwd: Optional[Path] = None) -> Result:
     )
 
 
-def recipe_with_most_runs_to_migrate(info: states.StateInfo) -> tuple[int, list[int]]:
+def recipe_with_most_runs_to_migrate(info: expectations.StateInfo) -> tuple[int, list[int]]:
     counts = Counter(info.run_recipe[r] for r in info.to_migrate)
     recipe_id = counts.most_common(1)[0][0]
     return recipe_id, sorted(r for r in info.to_migrate if info.run_recipe[r] == recipe_id)
@@ -90,7 +88,7 @@ def linked_runs(engine: Engine) -> set[int]:
 
 
 def assert_recipe_reported(
-    result: Result, info: states.StateInfo, recipe_id: int, run_ids: list[int], reason: str
+    result: Result, info: expectations.StateInfo, recipe_id: int, run_ids: list[int], reason: str
 ) -> None:
     assert result.code == EXIT_FAILED, result
     report = result.json
@@ -103,7 +101,7 @@ def assert_recipe_reported(
 
 
 def check_only_these_unlinked(
-    backend: Backend, engine: Engine, info: states.StateInfo, run_ids: list[int]
+    backend: Backend, engine: Engine, info: expectations.StateInfo, run_ids: list[int]
 ) -> None:
     assert linked_runs(engine) == set(info.already_linked) | set(info.work) - set(run_ids)
     verified = cli("verify", "--database-url", backend.cli_url, "--json")

@@ -21,18 +21,12 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import InterruptedRunError
-
-import fingerprint
-from backends import Backend
-from fingerprint import Fingerprint, assert_same, explain
-from states import (
-    StateInfo,
-    check_verify,
-    describe,
-    observe,
-    rollback_backfill,
-    run_backfill,
-)
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.expectations import StateInfo, describe, observe
+from snapshot_backfill.testing.fingerprint import Fingerprint, assert_same, explain
+from snapshot_backfill.testing.invariants import check_verify
+from snapshot_backfill.testing.running import rollback_backfill, run_backfill
 
 # (state, k): partially_migrated has 4 batches of 7, each ending on a different kind of run (an
 # orphan, a dangling snapshot, an orphan): stop after each of the first three; the sample data

@@ -27,8 +27,7 @@ from snapshot_backfill.sample_data import (
     load_sample,
     read_sample,
 )
-
-from backends import Backend
+from snapshot_backfill.testing.backends import Backend
 
 
 @pytest.fixture(scope="module")

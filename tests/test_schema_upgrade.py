@@ -45,19 +45,18 @@ from snapshot_backfill.schema_upgrade import (
     split_table_definitions,
     upgrade_schema,
 )
-
-from backends import MARIADB, POSTGRESQL, Backend, provision, skip_reason
-from shared_spec import APP_PRE_SNAPSHOT_SCHEMA, APP_SCHEMA, require
-from states import (
+from snapshot_backfill.testing.appschema import APP_PRE_SNAPSHOT_SCHEMA, APP_SCHEMA, require
+from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend, provision, skip_reason
+from snapshot_backfill.testing.schema_images import (
     MODEL_TABLES,
     Interrupted,
     assert_same_schema,
-    create_pre_snapshot_schema,
     create_snapshot_schema,
     interrupt_at,
     schema_fingerprint,
     upgraded_schema_fingerprint,
 )
+from snapshot_backfill.testing.states import create_pre_snapshot_schema
 
 SNAPSHOT_TABLES = ("recipes", "production_runs", "recipe_snapshots")
 T0 = datetime(2024, 1, 1, 9, 30)

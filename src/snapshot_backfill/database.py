@@ -287,3 +287,83 @@ def refresh_statistics(engine: Engine, table: str, columns: Sequence[str]) -> No
         if result.returns_rows:
             result.all()  # MariaDB answers with a status row
         conn.commit()
+
+
+class ForeignKeysError(RuntimeError):
+    """Foreign-key enforcement could not be switched off (or back on); ``str`` says why."""
+
+
+@contextlib.contextmanager
+def foreign_keys_off(conn: Connection) -> Iterator[Connection]:
+    """Within the block, ``conn`` does not enforce foreign keys; they are back on after it.
+
+    How production lost rows (a recipe deleted under its runs) and how a table is rebuilt:
+    SQLite ``PRAGMA foreign_keys = OFF``, set on the driver's connection and only outside a
+    transaction (SQLite ignores it inside one, so that is refused: begin the transaction in the
+    block); PostgreSQL ``session_replication_role = replica`` (foreign keys are triggers there;
+    needs a superuser); MariaDB ``FOREIGN_KEY_CHECKS = 0``. On the servers the setting may be
+    made inside the caller's transaction. A connection whose setting cannot be restored is
+    invalidated, so that the pool never hands it out again with the checks off.
+    """
+    backend = conn.dialect.name
+    raw: Any = conn.connection.driver_connection
+    if backend == "sqlite":
+        if raw.in_transaction:
+            raise ForeignKeysError("cannot switch SQLite foreign keys inside a transaction")
+        _sqlite_foreign_keys(raw, False)
+    else:
+        try:
+            _server_setting(conn, _SERVER_FOREIGN_KEYS[backend][0])
+        except DBAPIError as exc:
+            raise ForeignKeysError(describe_db_error(exc)) from exc
+    try:
+        yield conn
+    finally:
+        try:
+            if backend == "sqlite":
+                _sqlite_foreign_keys(raw, True)
+            else:
+                _server_setting(conn, _SERVER_FOREIGN_KEYS[backend][1])
+        except (DBAPIError, sqlite3.Error, ForeignKeysError):
+            conn.invalidate()
+
+
+def _server_setting(conn: Connection, statement: str) -> None:
+    """Set a session variable: in the caller's transaction, else committed at once."""
+    transaction = conn.get_transaction()
+    if transaction is None:
+        conn.exec_driver_sql(statement)
+        conn.commit()  # ends the transaction the statement began; the session keeps the value
+    elif transaction.is_valid:
+        conn.exec_driver_sql(statement)
+    else:  # an aborted transaction cannot run it: the pool must not reuse this connection
+        conn.invalidate()
+
+
+@contextlib.contextmanager
+def transaction_without_foreign_keys(engine: Engine) -> Iterator[Connection]:
+    """A connection of its own, foreign keys off, in one transaction committed at the end."""
+    with engine.connect() as conn, foreign_keys_off(conn), write_transaction(conn):
+        yield conn
+
+
+# (off, back on) per server backend; MySQL's dialect name is "mysql", MariaDB's "mariadb".
+_SERVER_FOREIGN_KEYS = {
+    "postgresql": (
+        "SET session_replication_role = replica",
+        "SET session_replication_role = DEFAULT",
+    ),
+    "mysql": ("SET FOREIGN_KEY_CHECKS = 0", "SET FOREIGN_KEY_CHECKS = 1"),
+    "mariadb": ("SET FOREIGN_KEY_CHECKS = 0", "SET FOREIGN_KEY_CHECKS = 1"),
+}
+
+
+def _sqlite_foreign_keys(raw: sqlite3.Connection, enabled: bool) -> None:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if enabled else 'OFF'}")
+        state = cursor.execute("PRAGMA foreign_keys").fetchone()
+    finally:
+        cursor.close()
+    if not state or bool(state[0]) != enabled:
+        raise ForeignKeysError(f"SQLite did not switch foreign keys {'on' if enabled else 'off'}")

@@ -34,8 +34,10 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from .database import (
+    ForeignKeysError,
     describe_db_error,
     display_url,
+    foreign_keys_off,
     is_sqlite,
     open_engine,
     sqlite_path,
@@ -216,6 +218,11 @@ class ExpectedCounts:
     already_linked_refs: tuple[str, ...] = ()
     link_existing_refs: tuple[str, ...] = ()
     orphaned_refs: tuple[str, ...] = ()
+
+    @property
+    def work(self) -> int:
+        """The runs a run links: to new snapshots and to existing ones."""
+        return self.to_migrate + self.link_existing
 
     def to_dict(self) -> dict[str, Any]:
         """Return the counts as plain JSON-ready values."""
@@ -1558,21 +1565,15 @@ class _Loader:
             raise BadInputError(
                 f"unsupported SQLite driver for {self.report.database}: use sqlite:// (pysqlite)"
             )
-        # SQLite ignores this pragma inside a transaction, so it goes first, on the raw
-        # connection (through SQLAlchemy it would autobegin one), and stays off for the whole
-        # transaction: SQLite cannot toggle it in between. foreign_key_check below makes up
-        # for the checks skipped meanwhile.
-        _sqlite_set_foreign_keys(raw, False)
-        try:
-            with write_transaction(self.conn):
-                self.refuse_if_loaded()
-                self.metadata.create_all(self.conn, checkfirst=False)
-                self.insert_all()
-                self.delete_rows()
-                self.check_sqlite_foreign_keys()
-                self.count_rows()
-        finally:
-            _sqlite_set_foreign_keys(raw, True)
+        # SQLite cannot switch foreign keys inside a transaction, so they are off for the whole
+        # of it; foreign_key_check below makes up for the checks skipped meanwhile.
+        with _foreign_keys_off(self.conn), write_transaction(self.conn):
+            self.refuse_if_loaded()
+            self.metadata.create_all(self.conn, checkfirst=False)
+            self.insert_all()
+            self.delete_rows()
+            self.check_sqlite_foreign_keys()
+            self.count_rows()
 
     def load_postgresql(self) -> None:
         with self.conn.begin():
@@ -1580,19 +1581,17 @@ class _Loader:
             self.metadata.create_all(self.conn, checkfirst=False)
             self.insert_all()
             if self.has_deletions():
-                # Foreign keys are triggers in PostgreSQL; "replica" skips them for this
-                # transaction only (needs a superuser, as production's cleanup did).
+                # Foreign keys are triggers in PostgreSQL; "replica" skips them (needs a
+                # superuser, as production's cleanup did).
                 try:
-                    self.conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-                except DBAPIError as exc:
+                    with foreign_keys_off(self.conn):
+                        self.delete_rows()
+                except ForeignKeysError as exc:
                     raise SampleLoadError(
                         f"cannot reproduce the sample's deleted recipes and ingredients in "
-                        f"{self.report.database}: {describe_db_error(exc)} (switching off "
-                        "foreign-key triggers needs a superuser; load as one); nothing was "
-                        "loaded"
+                        f"{self.report.database}: {exc} (switching off foreign-key triggers "
+                        "needs a superuser; load as one); nothing was loaded"
                     ) from exc
-                self.delete_rows()
-                self.conn.exec_driver_sql("SET LOCAL session_replication_role = DEFAULT")
             self.count_rows()
 
     def load_mariadb(self) -> None:
@@ -1608,7 +1607,7 @@ class _Loader:
             with self.conn.begin():
                 self.insert_all()
                 if self.has_deletions():
-                    with _mariadb_foreign_keys_off(self.conn):
+                    with _foreign_keys_off(self.conn):
                         self.delete_rows()
                 self.count_rows()
         except BaseException:
@@ -1619,7 +1618,7 @@ class _Loader:
     def drop_created_tables(self) -> None:
         if self.conn.in_transaction():
             self.conn.rollback()
-        with _mariadb_foreign_keys_off(self.conn):
+        with _foreign_keys_off(self.conn):
             self.metadata.drop_all(self.conn, checkfirst=True)
         self.conn.commit()
 
@@ -1878,28 +1877,10 @@ def _recipe_data(recipe: RecipeEntry) -> dict[str, Any]:
     return {key: columns.get(key) for key in RECIPE_DATA_COLUMNS}
 
 
-def _sqlite_set_foreign_keys(raw: sqlite3.Connection, enabled: bool) -> None:
-    if raw.in_transaction:
-        raise SampleLoadError(
-            "cannot switch SQLite foreign keys inside a transaction; nothing was loaded"
-        )
-    cursor = raw.cursor()
-    try:
-        cursor.execute(f"PRAGMA foreign_keys = {'ON' if enabled else 'OFF'}")
-        state = cursor.execute("PRAGMA foreign_keys").fetchone()
-    finally:
-        cursor.close()
-    if not state or bool(state[0]) != enabled:
-        raise SampleLoadError(
-            f"SQLite did not switch foreign keys {'on' if enabled else 'off'}; nothing was loaded"
-        )
-
-
 @contextmanager
-def _mariadb_foreign_keys_off(conn: Connection) -> Iterator[None]:
-    # A session variable: it must be restored, or the pooled connection keeps it.
-    conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
     try:
-        yield
-    finally:
-        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
+        with foreign_keys_off(conn):
+            yield
+    except ForeignKeysError as exc:
+        raise SampleLoadError(f"{exc}; nothing was loaded") from None

@@ -46,7 +46,14 @@ from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
 from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
-from .database import describe_db_error, mask_password, read_only, write_transaction
+from .database import (
+    ForeignKeysError,
+    describe_db_error,
+    foreign_keys_off,
+    mask_password,
+    read_only,
+    write_transaction,
+)
 from .errors import EXIT_FAILED, BackfillError, LockedError, SchemaMissingError
 from .models import SNAPSHOT_ERA_COLUMNS, Base, pre_snapshot_metadata
 
@@ -973,40 +980,39 @@ def _upgrade_sqlite(engine: Engine, on_step: Optional[OnStep]) -> UpgradeReport:
         raw = conn.connection.driver_connection
         if raw is None:  # pragma: no cover - a checked-out connection always has one
             raise SchemaUpgradeError("the SQLite connection is closed")
-        # Outside any transaction (our engine runs pysqlite in autocommit), the only place
-        # SQLite honours it. With keys on, DROP TABLE recipes would cascade into
-        # recipe_ingredients; foreign_key_check stands guard before commit instead.
-        raw.execute("PRAGMA foreign_keys = OFF")
+        # With keys on, DROP TABLE recipes would cascade into recipe_ingredients;
+        # foreign_key_check stands guard before commit instead.
         try:
-            if raw.execute("PRAGMA foreign_keys").fetchone()[0] != 0:
-                raise SchemaUpgradeError(
-                    "could not switch SQLite foreign keys off (is a transaction open?); "
-                    "nothing was changed"
-                )
-            try:
-                with write_transaction(conn):
-                    plan = _plan(conn)
-                    if plan.already_current:  # another upgrade finished meanwhile
-                        return UpgradeReport(plan=plan, dry_run=False)
-                    before = _sqlite_fk_violations(conn)
-                    done = _run_steps(conn, plan, on_step)
-                    after = _sqlite_fk_violations(conn)
-                    new = after - before
-                    if new:
-                        broken = ", ".join(f"{c} -> {p}: {n} rows" for (c, p), n in new.items())
-                        raise SchemaUpgradeError(
-                            f"the upgrade would break foreign keys ({broken}); "
-                            "nothing was changed (rolled back)"
-                        )
-            except DBAPIError as exc:
-                if _is_lock_timeout(exc):
-                    raise LockedError(
-                        f"the database is locked ({describe_db_error(exc)}): the application "
-                        "or another migrator is writing; nothing was changed; retry when idle"
+            with foreign_keys_off(conn):
+                try:
+                    with write_transaction(conn):
+                        plan = _plan(conn)
+                        if plan.already_current:  # another upgrade finished meanwhile
+                            return UpgradeReport(plan=plan, dry_run=False)
+                        before = _sqlite_fk_violations(conn)
+                        done = _run_steps(conn, plan, on_step)
+                        after = _sqlite_fk_violations(conn)
+                        new = after - before
+                        if new:
+                            broken = ", ".join(f"{c} -> {p}: {n} rows" for (c, p), n in new.items())
+                            raise SchemaUpgradeError(
+                                f"the upgrade would break foreign keys ({broken}); "
+                                "nothing was changed (rolled back)"
+                            )
+                except DBAPIError as exc:
+                    if _is_lock_timeout(exc):
+                        raise LockedError(
+                            f"the database is locked ({describe_db_error(exc)}): the "
+                            "application or another migrator is writing; nothing was changed; "
+                            "retry when idle"
+                        ) from exc
+                    raise SchemaUpgradeError(
+                        f"the schema upgrade failed: {describe_db_error(exc)}; nothing was changed"
                     ) from exc
-                raise SchemaUpgradeError(
-                    f"the schema upgrade failed: {describe_db_error(exc)}; nothing was changed"
-                ) from exc
+        except ForeignKeysError as exc:
+            raise SchemaUpgradeError(
+                f"could not switch SQLite foreign keys off ({exc}); nothing was changed"
+            ) from exc
         finally:
             _restore_sqlite_connection(conn, raw)
     return UpgradeReport(
@@ -1018,14 +1024,10 @@ def _upgrade_sqlite(engine: Engine, on_step: Optional[OnStep]) -> UpgradeReport:
 
 
 def _restore_sqlite_connection(conn: Connection, raw: Any) -> None:
-    """Give the pool back its connection with keys on and the modern ALTER, or discard it."""
+    """Give the pool back its connection with the modern ALTER (foreign keys: see above)."""
     try:
         raw.execute("PRAGMA legacy_alter_table = OFF")
-        raw.execute("PRAGMA foreign_keys = ON")
-        restored = raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     except sqlite3.Error:
-        restored = False
-    if not restored:
         conn.invalidate()
 
 

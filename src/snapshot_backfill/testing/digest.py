@@ -86,8 +86,14 @@ def changed_tables(
     return sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
 
 
-def table_shapes(conn: Connection, tables: Optional[Iterable[str]] = None) -> list[TableShape]:
-    """How each table is read (reflected once for all tables); sorted by table name."""
+def table_shapes(
+    conn: Connection, tables: Optional[Iterable[str]] = None, *, raw: bool = False
+) -> list[TableShape]:
+    """How each table is read (reflected once for all tables); sorted by table name.
+
+    ``raw`` reads values as the driver gives them (``repr``, bytes as hex), not normalised: on
+    one backend, a value rewritten in another spelling is then a difference.
+    """
     inspector = sa.inspect(conn)
     names = sorted(inspector.get_table_names() if tables is None else set(tables))
     all_columns = {k[1]: v for k, v in inspector.get_multi_columns().items()}
@@ -106,7 +112,7 @@ def table_shapes(conn: Connection, tables: Optional[Iterable[str]] = None) -> li
                 name=name,
                 columns=tuple(c["name"] for c in by_name),
                 key=key or tuple(c["name"] for c in reflected),
-                normalisers=tuple(normaliser_for(c["type"]) for c in by_name),
+                normalisers=tuple(raw_text if raw else normaliser_for(c["type"]) for c in by_name),
             )
         )
     return shapes
@@ -121,7 +127,8 @@ def stream_rows(
         f"SELECT {', '.join(quote(c) for c in shape.columns)} FROM {quote(shape.name)} "
         f"ORDER BY {', '.join(quote(c) for c in shape.key)}"
     )
-    result = conn.execution_options(yield_per=batch_rows).exec_driver_sql(select)
+    # Per statement: Connection.execution_options would change the caller's connection.
+    result = conn.exec_driver_sql(select, execution_options={"yield_per": batch_rows})
     try:
         normalisers = shape.normalisers
         for row in result:
@@ -134,10 +141,15 @@ def digest_table(
     conn: Connection, shape: TableShape, *, batch_rows: int = BATCH_ROWS
 ) -> TableDigest:
     """One table's digest, hashing rows as they are read."""
+    return digest_rows(shape.columns, stream_rows(conn, shape, batch_rows=batch_rows))
+
+
+def digest_rows(columns: Sequence[str], rows: Iterable[Sequence[Cell]]) -> TableDigest:
+    """The digest of ``rows`` (normalised cells, in order) under these column names."""
     h = hashlib.sha256()
-    h.update(_encode(shape.columns))
+    h.update(_encode(columns))
     count = 0
-    for cells in stream_rows(conn, shape, batch_rows=batch_rows):
+    for cells in rows:
         h.update(_encode(cells))
         count += 1
     return TableDigest(rows=count, sha256=h.hexdigest())
@@ -152,7 +164,7 @@ def _digests(
     }
 
 
-def _encode(cells: Sequence[Cell]) -> bytes:
+def _encode(cells: Sequence[Any]) -> bytes:
     # One JSON array a line: unambiguous (None is null, text is quoted and escaped).
     return json.dumps(cells, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
@@ -177,6 +189,13 @@ def normaliser_for(column_type: Any) -> Callable[[Any], Cell]:
     if isinstance(column_type, sa.JSON):
         return _as_json
     return canonical
+
+
+def raw_text(value: Any) -> str:
+    """A value exactly as the driver gave it: ``repr`` (type visible: 1, 1.0, '1', True)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"bytes:{bytes(value).hex()}"
+    return repr(value)
 
 
 def canonical(value: Any) -> Cell:

@@ -52,6 +52,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from snapshot_backfill.database import transaction_without_foreign_keys
 from snapshot_backfill.models import (
     FinishedUnit,
     Ingredient,
@@ -179,38 +180,16 @@ def schedule_deletion(table_name: str, row_id: int) -> None:
 def delete_with_foreign_keys_off(engine: Engine, deletions: Mapping[str, Iterable[int]]) -> None:
     """Delete rows by id the way production lost them: with foreign-key enforcement off.
 
-    ``deletions`` maps ``recipes``/``ingredients`` to ids. SQLite: ``PRAGMA foreign_keys = OFF``
-    (only possible outside a transaction, hence on the raw connection before SQLAlchemy begins
-    one); PostgreSQL: ``session_replication_role = replica`` (superuser only); MariaDB:
-    ``FOREIGN_KEY_CHECKS = 0``. Nothing cascades: the recipe lines and finished units of a
-    deleted recipe stay, as they did in production.
+    ``deletions`` maps ``recipes``/``ingredients`` to ids; ``transaction_without_foreign_keys``
+    says how each backend switches the checks off. Nothing cascades: the recipe lines and
+    finished units of a deleted recipe stay, as they did in production.
     """
     tables = {"recipes": recipes, "ingredients": ingredients}
-    backend = engine.dialect.name
-    with engine.connect() as conn:
-        raw: Any = None
-        if backend == "sqlite":
-            raw = conn.connection.driver_connection
-            raw.execute("PRAGMA foreign_keys = OFF")
-            if raw.execute("PRAGMA foreign_keys").fetchone()[0] != 0:
-                raise RuntimeError("SQLite ignored PRAGMA foreign_keys = OFF (in a transaction?)")
-        elif backend in ("mysql", "mariadb"):
-            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
-            conn.commit()
-        try:
-            with conn.begin():
-                if backend == "postgresql":
-                    conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-                for name, ids in deletions.items():
-                    wanted = sorted(ids)
-                    if wanted:
-                        conn.execute(delete(tables[name]).where(tables[name].c.id.in_(wanted)))
-        finally:
-            if backend == "sqlite":
-                raw.execute("PRAGMA foreign_keys = ON")
-            elif backend in ("mysql", "mariadb"):
-                conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
-                conn.commit()
+    with transaction_without_foreign_keys(engine) as conn:
+        for name, ids in deletions.items():
+            wanted = sorted(ids)
+            if wanted:
+                conn.execute(delete(tables[name]).where(tables[name].c.id.in_(wanted)))
 
 
 def slugify(text: str) -> str:
@@ -266,7 +245,7 @@ class RecipeIngredientFactory(BaseFactory):
         ingredient_lost = False
         missing_ingredient = factory.Trait(ingredient_lost=True)
 
-    recipe = factory.SubFactory("factories.RecipeFactory", lines=())
+    recipe = factory.SubFactory("snapshot_backfill.testing.factories.RecipeFactory", lines=())
     ingredient = factory.SubFactory(IngredientFactory)
     quantity = factory.Faker("random_element", elements=QUANTITIES)
     unit = factory.Faker("random_element", elements=UNITS)
@@ -291,7 +270,7 @@ class RecipeFactory(BaseFactory):
         with_missing_ingredient = False
         archived = factory.Trait(is_archived=True)
         variant = factory.Trait(
-            base_recipe=factory.SubFactory("factories.RecipeFactory"),
+            base_recipe=factory.SubFactory("snapshot_backfill.testing.factories.RecipeFactory"),
             variant_name=factory.Faker(
                 "random_element", elements=("Gluten-Free", "Half Batch", "Holiday", "Vegan")
             ),
@@ -394,7 +373,7 @@ class ProductionRunFactory(BaseFactory):
     snapshot = factory.Maybe(
         factory.LazyAttribute(lambda o: o.snapshot_kind is not None),
         factory.RelatedFactory(
-            "factories.RecipeSnapshotFactory",
+            "snapshot_backfill.testing.factories.RecipeSnapshotFactory",
             factory_related_name="run",
             backfilled=factory.LazyAttribute(
                 lambda o: o.factory_parent.snapshot_kind == "backfilled"

@@ -1,10 +1,12 @@
-"""Fingerprint a whole database: every row of every table, ordered and hashed, with readable diffs.
+"""Fingerprint a whole database: every table hashed as it is read, with readable diffs.
 
 ``take(engine)`` reads every table the database has (found by reflection, so the application's
 other tables and anything the migrator leaves behind count too, as do SQLite's internal
 ``sqlite_sequence``/``sqlite_stat*`` tables), the columns of each, and the names of its indexes.
-Values are the driver's own, not SQLAlchemy's conversions: on SQLite a DATETIME is the text
-stored, so a timestamp rewritten in another spelling is a difference.
+Each table is streamed once (``digest``): its digest is computed as the rows arrive, and its
+rows are kept for a row-level diff unless ``keep_rows=False`` (then memory stays flat however
+large the database). Values are the driver's own, not SQLAlchemy's conversions: on SQLite a
+DATETIME is the text stored, so a timestamp rewritten in another spelling is a difference.
 
 ``take(engine, normalized=True)`` is for comparing two databases that went through the same
 steps differently (an interrupted run resumed vs an uninterrupted one): it drops what cannot be
@@ -19,21 +21,34 @@ Comparing::
     plan(engine)
     assert_same(before, take(engine), "plan must change nothing", context={"state": ...})
 
-fails with the tables, rows and columns that differ, not just two hashes.
+fails with the tables, rows and columns that differ, not just two hashes: the diff is computed
+only for the tables whose digest differs. ``diff_databases(a, b)`` compares two live databases
+(a source and its scratch copy) the same way, reading rows only of the tables that differ.
+
+No test-only dependency: the migrator's commands may use this on a user's database.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from snapshot_backfill.database import read_only
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
+from snapshot_backfill.testing.digest import (
+    TableDigest,
+    TableShape,
+    digest_rows,
+    raw_text,
+    stream_rows,
+    table_shapes,
+)
 
 # Columns whose values differ between two databases built the same way (client-side defaults).
 VOLATILE_COLUMNS = frozenset({"uuid", "created_at", "updated_at"})
@@ -45,15 +60,36 @@ MAX_DIFF_LINES = 60
 Row = tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TableImage:
-    """One table's content: column names, key columns, and every row as canonical text."""
+    """One table: column names, key columns, index names, its digest and (if kept) its rows.
+
+    Two images are equal when their columns, key, indexes and digest are: the rows follow
+    from the digest, so they need not have been kept.
+    """
 
     name: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
     indexes: tuple[str, ...]
     rows: tuple[Row, ...]
+    digest: TableDigest
+    rows_kept: bool = True
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (self.name, self.columns, self.key, self.indexes, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TableImage):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    @property
+    def row_count(self) -> int:
+        return self.digest.rows
 
     def keyed(self) -> dict[Row, Row]:
         """Rows by their key (the primary key, or the whole row when there is none)."""
@@ -81,17 +117,14 @@ class Fingerprint:
 
     @functools.cached_property
     def digest(self) -> str:
-        """A SHA-256 over every table, column, index name and row, in a fixed order."""
+        """A SHA-256 over every table's name, columns, key, index names and row digest."""
         h = hashlib.sha256()
         for name in sorted(self.tables):
-            table = self.tables[name]
-            h.update(repr((name, table.columns, table.key, table.indexes)).encode())
-            for row in table.rows:
-                h.update(repr(row).encode())
+            h.update(repr(self.tables[name]._identity()).encode())
         return h.hexdigest()
 
     def row_count(self, table: str) -> int:
-        return len(self.tables[table].rows) if table in self.tables else 0
+        return self.tables[table].row_count if table in self.tables else 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Fingerprint):
@@ -100,6 +133,11 @@ class Fingerprint:
 
     def __hash__(self) -> int:
         return hash(self.digest)
+
+    def changed_tables(self, other: Fingerprint) -> list[str]:
+        """The tables that differ in ``other`` (added and removed ones included), sorted."""
+        names = set(self.tables) | set(other.tables)
+        return sorted(n for n in names if self.tables.get(n) != other.tables.get(n))
 
     def diff(self, other: Fingerprint, limit: int = MAX_DIFF_LINES) -> str:
         """Describe, line by line, how ``other`` differs from this fingerprint."""
@@ -110,26 +148,59 @@ class Fingerprint:
 
     def summary(self) -> str:
         """``table: N rows`` for each table, for messages."""
-        return ", ".join(f"{t}: {len(self.tables[t].rows)}" for t in sorted(self.tables))
+        return ", ".join(f"{t}: {self.tables[t].row_count}" for t in sorted(self.tables))
 
 
 Source = Union[Engine, Connection]
 
 
-def take(source: Source, *, normalized: bool = False) -> Fingerprint:
-    """Read every table of the database behind ``source`` (read-only) into a Fingerprint."""
+def take(
+    source: Source,
+    *,
+    normalized: bool = False,
+    keep_rows: bool = True,
+    tables: Optional[Iterable[str]] = None,
+) -> Fingerprint:
+    """Read the tables of the database behind ``source`` (read-only) into a Fingerprint.
+
+    ``tables`` limits it to those (default: every table, SQLite's internal ones included);
+    ``keep_rows=False`` keeps only the digests, so memory does not grow with the rows (a
+    normalized fingerprint always keeps them: it is compared row by row).
+    """
     if isinstance(source, Engine):
-        with source.connect() as conn:
-            try:
-                return _take(conn, normalized)
-            finally:
-                conn.rollback()
-    return _take(source, normalized)
+        with read_only(source) as conn:
+            return _take(conn, normalized, keep_rows or normalized, tables)
+    return _take(source, normalized, keep_rows or normalized, tables)
 
 
-def _take(conn: Connection, normalized: bool) -> Fingerprint:
-    inspector = sa.inspect(conn)
-    names = list(inspector.get_table_names())
+def diff_databases(
+    expected: Source,
+    found: Source,
+    *,
+    tables: Optional[Iterable[str]] = None,
+    limit: int = MAX_DIFF_LINES,
+) -> tuple[list[str], str]:
+    """Compare two live databases: the tables that differ, and a row-level diff of those.
+
+    Both are first digested table by table (memory flat); rows are read only from the tables
+    whose digest differs. ``tables`` limits the comparison to those.
+    """
+    wanted = None if tables is None else list(tables)
+    changed = take(expected, keep_rows=False, tables=wanted).changed_tables(
+        take(found, keep_rows=False, tables=wanted)
+    )
+    if not changed:
+        return [], "(no difference)"
+    return changed, take(expected, tables=changed).diff(take(found, tables=changed), limit)
+
+
+def _table_names(conn: Connection, tables: Optional[Iterable[str]]) -> list[str]:
+    if tables is not None:
+        wanted = set(tables)
+        names = set(sa.inspect(conn).get_table_names()) & wanted
+    else:
+        wanted = set(SQLITE_INTERNAL_TABLES)
+        names = set(sa.inspect(conn).get_table_names())
     if conn.dialect.name == "sqlite":
         present = {
             r[0]
@@ -137,45 +208,75 @@ def _take(conn: Connection, normalized: bool) -> Fingerprint:
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'sqlite%'"
             )
         }
-        names += [n for n in SQLITE_INTERNAL_TABLES if n in present]
-    raw: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], list[tuple]]] = {}
-    quote = conn.dialect.identifier_preparer.quote
-    # One catalog query per kind for all tables (the get_multi_* API): fast on the servers.
-    all_columns = {k[1]: v for k, v in inspector.get_multi_columns().items()}
-    all_pks = {k[1]: v for k, v in inspector.get_multi_pk_constraint().items()}
+        names |= {n for n in SQLITE_INTERNAL_TABLES if n in present and n in wanted}
+    return sorted(names)
+
+
+def _take(
+    conn: Connection, normalized: bool, keep_rows: bool, tables: Optional[Iterable[str]]
+) -> Fingerprint:
+    inspector = sa.inspect(conn)
+    shapes = table_shapes(conn, _table_names(conn, tables), raw=True)
     all_indexes = {k[1]: v for k, v in inspector.get_multi_indexes().items()}
-    for name in sorted(names):
-        if name in all_columns:
-            columns = tuple(c["name"] for c in all_columns[name])
-            pk = tuple(all_pks[name].get("constrained_columns") or ())
-            indexes = tuple(sorted(i["name"] or "" for i in all_indexes[name]))
-        else:  # SQLite's internal tables are not in the multi-table answers
-            columns = tuple(c["name"] for c in inspector.get_columns(name))
-            pk, indexes = (), ()
-        order = ", ".join(quote(c) for c in (pk or columns))
-        select = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(name)}"
-        rows = [tuple(r) for r in conn.exec_driver_sql(f"{select} ORDER BY {order}")]
-        raw[name] = (columns, pk or columns, indexes, rows)
+    indexes = {
+        shape.name: tuple(sorted(i["name"] or "" for i in all_indexes.get(shape.name, ())))
+        for shape in shapes
+    }
     if normalized:
-        raw = _normalize(raw)
-    tables = {
-        name: TableImage(
+        images = _normalized_images(conn, shapes, indexes)
+    else:
+        images = {s.name: _read_image(conn, s, indexes[s.name], keep_rows) for s in shapes}
+    return Fingerprint(backend=conn.dialect.name, normalized=normalized, tables=images)
+
+
+def _read_image(
+    conn: Connection, shape: TableShape, indexes: tuple[str, ...], keep_rows: bool
+) -> TableImage:
+    kept: list[Row] = []
+
+    def rows() -> Iterator[Row]:
+        for cells in stream_rows(conn, shape):
+            row = tuple(str(c) for c in cells)  # raw_text never gives None
+            if keep_rows:
+                kept.append(row)
+            yield row
+
+    digest = digest_rows(shape.columns, rows())
+    return TableImage(
+        name=shape.name,
+        columns=shape.columns,
+        key=shape.key,
+        indexes=indexes,
+        rows=tuple(sorted(kept)),  # as text: the order two fingerprints compare in
+        digest=digest,
+        rows_kept=keep_rows,
+    )
+
+
+def _normalized_images(
+    conn: Connection, shapes: list[TableShape], indexes: Mapping[str, tuple[str, ...]]
+) -> dict[str, TableImage]:
+    quote = conn.dialect.identifier_preparer.quote
+    raw: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], list[tuple]]] = {}
+    for shape in shapes:
+        select = (
+            f"SELECT {', '.join(quote(c) for c in shape.columns)} FROM {quote(shape.name)} "
+            f"ORDER BY {', '.join(quote(c) for c in shape.key)}"
+        )
+        rows = [tuple(r) for r in conn.exec_driver_sql(select)]
+        raw[shape.name] = (shape.columns, shape.key, indexes[shape.name], rows)
+    images = {}
+    for name, (columns, key, table_indexes, rows) in _normalize(raw).items():
+        canonical_rows = tuple(sorted(tuple(raw_text(v) for v in row) for row in rows))
+        images[name] = TableImage(
             name=name,
             columns=columns,
             key=key,
-            indexes=indexes,
-            rows=tuple(sorted(tuple(_canonical(v) for v in row) for row in rows)),
+            indexes=table_indexes,
+            rows=canonical_rows,
+            digest=digest_rows(columns, canonical_rows),
         )
-        for name, (columns, key, indexes, rows) in raw.items()
-    }
-    return Fingerprint(backend=conn.dialect.name, normalized=normalized, tables=tables)
-
-
-def _canonical(value: Any) -> str:
-    # repr keeps the type visible: 1 vs 1.0 vs '1' vs True are different stored values.
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"bytes:{bytes(value).hex()}"
-    return repr(value)
+    return images
 
 
 def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
@@ -224,16 +325,17 @@ def _diff_lines(a: Fingerprint, b: Fingerprint) -> Iterable[str]:
         yield "(comparing a normalized fingerprint with a raw one)"
     for name in sorted(set(a.tables) | set(b.tables)):
         if name not in b.tables:
-            yield f"table {name}: removed (had {len(a.tables[name].rows)} rows)"
+            yield f"table {name}: removed (had {a.tables[name].row_count} rows)"
             continue
         if name not in a.tables:
             table = b.tables[name]
             columns = ", ".join(table.columns)
-            yield f"table {name}: added ({len(table.rows)} rows, columns {columns})"
+            yield f"table {name}: added ({table.row_count} rows, columns {columns})"
             for row in table.rows[:5]:
                 yield f"    + {_show(table.columns, row)}"
             continue
-        yield from _table_diff(a.tables[name], b.tables[name])
+        if a.tables[name] != b.tables[name]:  # only where the digests (or the shape) differ
+            yield from _table_diff(a.tables[name], b.tables[name])
 
 
 def _table_diff(a: TableImage, b: TableImage) -> Iterable[str]:
@@ -242,7 +344,13 @@ def _table_diff(a: TableImage, b: TableImage) -> Iterable[str]:
         return
     if a.indexes != b.indexes:
         yield f"table {a.name}: indexes {list(a.indexes)} -> {list(b.indexes)}"
-    if a.rows == b.rows:
+    if a.digest == b.digest:
+        return
+    if not (a.rows_kept and b.rows_kept):
+        yield (
+            f"table {a.name}: the rows differ ({a.row_count} rows -> {b.row_count}); "
+            "rows were not kept (take(..., keep_rows=False))"
+        )
         return
     before, after = a.keyed(), b.keyed()
     removed = sorted((k for k in before if k not in after), key=_natural)
@@ -311,7 +419,7 @@ def assert_same(
 
 def changed_rows(a: Fingerprint, b: Fingerprint, table: str) -> dict[str, set[Row]]:
     """The keys of ``table``'s rows that ``b`` added, removed or changed relative to ``a``."""
-    empty = TableImage(table, (), (), (), ())
+    empty = TableImage(table, (), (), (), (), TableDigest(rows=0, sha256=""))
     before = a.tables.get(table, empty).keyed()
     after = b.tables.get(table, empty).keyed()
     return {

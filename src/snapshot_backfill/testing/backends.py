@@ -1,8 +1,9 @@
 """Database backends for the tests: which servers are configured, and a fresh database per test.
 
-No pytest in here: ``conftest.py`` wraps these in fixtures, and a script can use them directly::
+No pytest in here: the project's ``tests/conftest.py`` wraps these in fixtures, and a
+script can use them directly::
 
-    from backends import discover, provision
+    from snapshot_backfill.testing.backends import discover, provision
 
     for kind, server_url in discover().items():
         with provision(kind, server_url, Path("/tmp/x")) as backend:
