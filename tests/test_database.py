@@ -21,6 +21,7 @@ from snapshot_backfill.database import (
     read_only,
     resolve_url,
     sqlite_path,
+    uri_path,
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
@@ -272,3 +273,9 @@ def test_a_path_with_uri_characters_is_opened_whole(tmp_path: Path, name: str) -
             assert sa.inspect(conn).has_table("kept")
     finally:
         engine.dispose()
+
+
+def test_a_file_uri_names_a_windows_path_on_windows() -> None:
+    # Path.as_uri() writes C:\Users\a#b\x.db as file:///C:/Users/a%23b/x.db on Windows.
+    assert uri_path("/C:/Users/a%23b/x.db", windows=True) == "C:\\Users\\a#b\\x.db"
+    assert uri_path("/home/a%23b/x.db", windows=False) == "/home/a#b/x.db"

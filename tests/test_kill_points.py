@@ -36,7 +36,10 @@ import fingerprint
 import states
 from backends import Backend
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL"),
+]
 
 PROCESS_TIMEOUT_S = 120
 BATCH = "50"
