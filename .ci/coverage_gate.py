@@ -5,9 +5,12 @@ Usage (tox's ``coverage`` env, after ``coverage combine``): ``python .ci/coverag
 The full matrix is every env of ``MATRIX`` with its tests run. An env is missing when its junit
 file is absent (tox skipped it: no such interpreter here) or, for a server env, when its tests
 were skipped for want of a server (their skip reason starts ``no <kind> server:``). A run with
-envs missing says which, and is held to the full bar less each missing env's allowance: how
-much the full matrix's coverage drops without that env (``ALLOWANCE``, measured, rounded up).
-Nothing missing: ``fail_under`` of pyproject.toml (95), unchanged. Nothing ran at all: fail.
+envs missing says which, and is held to the full bar less the allowance of what is missing:
+how much the full matrix's coverage drops without it (``SERVER_ALLOWANCE``: measured, plus
+half a point for run-to-run noise). A missing Python version costs nothing: the package has
+no code that depends on the Python version, so any one of them covers what the others do;
+with none of them run, the SQLite tests did not run and the gate fails.
+Nothing missing: ``fail_under`` of pyproject.toml (95), unchanged.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ FULL_BAR = 95.0
 PYTHON_ENVS = ("py39", "py310", "py311", "py312", "py313")
 SERVER_ENVS = {"py311-postgresql": "postgresql", "py311-mariadb": "mariadb"}
 MATRIX = (*PYTHON_ENVS, *SERVER_ENVS)
-# Percentage points the full matrix's combined coverage loses without the env (README "Testing").
-ALLOWANCE = {
-    "py39": 0.5,
-    "py310": 0.5,
-    "py311": 0.5,
-    "py312": 0.5,
-    "py313": 0.5,
-    "py311-postgresql": 2.0,
-    "py311-mariadb": 2.0,
+# Percentage points the full matrix's combined coverage loses without these server envs, plus
+# 0.5, rounded up. Measured (coverage combine of each env's data): full matrix 96.53%; py311
+# with both server envs 96.51% (the other Pythons add 0.02); without py311-postgresql 94.38%
+# (-2.13), without py311-mariadb 93.01% (-3.50), without both 87.72% (-8.79).
+SERVER_ALLOWANCE = {
+    frozenset(): 0.0,
+    frozenset({"py311-postgresql"}): 2.7,
+    frozenset({"py311-mariadb"}): 4.0,
+    frozenset(SERVER_ENVS): 9.3,
 }
 
 
@@ -58,20 +61,24 @@ def missing_envs(work_dir: Path) -> dict[str, str]:
 
 
 def bar_for(missing: dict[str, str]) -> float:
-    """The bar a run is held to: the full bar less the allowance of each missing env."""
-    return FULL_BAR - sum(ALLOWANCE[env] for env in missing)
+    """The bar a run is held to: the full bar less the allowance of the missing server envs."""
+    return FULL_BAR - SERVER_ALLOWANCE[frozenset(env for env in missing if env in SERVER_ENVS)]
 
 
 def main(work_dir: Path) -> int:
     missing = missing_envs(work_dir)
-    if len(missing) == len(MATRIX):
-        print("coverage gate: no env of the matrix ran; nothing to measure", file=sys.stderr)
+    if all(env in missing for env in PYTHON_ENVS):
+        print(
+            "coverage gate: none of " + ", ".join(PYTHON_ENVS) + " ran: the SQLite tests did "
+            "not run, and no bar holds without them",
+            file=sys.stderr,
+        )
         return 1
     bar = bar_for(missing)
     if missing:
         print("coverage gate: PARTIAL matrix; missing envs:")
         for env, why in missing.items():
-            print(f"  {env}: {why} (allowance {ALLOWANCE[env]} points)")
+            print(f"  {env}: {why}")
         print(f"coverage gate: bar lowered from {FULL_BAR:g}% to {bar:g}% for what ran")
     else:
         print(f"coverage gate: full matrix; bar {FULL_BAR:g}%")
