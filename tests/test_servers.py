@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -189,10 +191,14 @@ def test_a_throwaway_mariadb_answers_then_is_stopped_and_removed(
 
 
 @pytest.mark.postgresql
-def test_a_throwaway_postgresql_answers_then_is_stopped_and_removed(tmp_path: Path) -> None:
+def test_a_throwaway_postgresql_answers_then_is_stopped_and_removed(
+    request: pytest.FixtureRequest,
+) -> None:
     pytest.importorskip("pgserver", reason="pgserver is not installed")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    # As the suite does (conftest), not under tmp_path: run as root, the server runs as another
+    # user, and every pytest session that starts resets pytest's base directory to mode 0700.
+    run_dir = Path(tempfile.mkdtemp(prefix="snapshot-backfill-servers-test-"))
+    request.addfinalizer(lambda: shutil.rmtree(run_dir, ignore_errors=True))
     found = Servers(run_dir, {}, {MODE_VAR: "throwaway"}).get(POSTGRESQL)
     assert found.source == servers.THROWAWAY, found.detail
     assert found.sa_url is not None and servers.probe(found.sa_url) is None
