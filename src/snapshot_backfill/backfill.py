@@ -1027,8 +1027,11 @@ def _undo(conn: Connection, ids: list[int], report: RollbackReport) -> None:
         .where(ours, runs.c.updated_at == journal.c.linked_at)
         .values(recipe_snapshot_id=None, updated_at=journal.c.previous_updated_at)
     ).rowcount
-    # ... runs the application changed since keep the updated_at it wrote.
-    unlinked = conn.execute(update(runs).where(ours).values(recipe_snapshot_id=None)).rowcount
+    # ... runs the application changed since keep the updated_at it wrote: said explicitly,
+    # or the column's ORM-level onupdate would stamp the rollback's own clock time instead.
+    unlinked = conn.execute(
+        update(runs).where(ours).values(recipe_snapshot_id=None, updated_at=runs.c.updated_at)
+    ).rowcount
     # The ids, not a subquery: MariaDB (before 11.1) runs "DELETE ... WHERE id IN (SELECT ...)"
     # as a scan of every snapshot with a dependent subquery each, so that rollback at 10k
     # runs took two minutes; with the ids it deletes by primary key.

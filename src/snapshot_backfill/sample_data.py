@@ -1686,7 +1686,8 @@ class _Loader:
             self.conn.execute(
                 table.update()
                 .where(table.c.id == sa.bindparam("b_id"))
-                .values(base_recipe_id=sa.bindparam("b_base")),
+                # updated_at as inserted: the models' onupdate would stamp the load's clock.
+                .values(base_recipe_id=sa.bindparam("b_base"), updated_at=table.c.updated_at),
                 variants,
             )
         elif variants:
@@ -1789,7 +1790,10 @@ class _Loader:
             self.conn.execute(
                 runs_table.update()
                 .where(runs_table.c.id == sa.bindparam("b_run"))
-                .values(recipe_snapshot_id=sa.bindparam("b_snapshot")),
+                .values(
+                    recipe_snapshot_id=sa.bindparam("b_snapshot"),
+                    updated_at=runs_table.c.updated_at,
+                ),
                 links,
             )
 

@@ -1,0 +1,131 @@
+"""Operating the migrator on a live database (issues 13 and 14), through real processes.
+
+Rollback keeps the application's writes, commands validate before they back up, one
+migration lock for every writing command, safety before consent on servers, ``plan
+--check``, and the bounded impact of a run on the application.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import sqlalchemy as sa
+
+from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_OK
+from snapshot_backfill.models import production_runs, recipes
+
+from backends import Backend
+
+PROCESS_TIMEOUT_S = 120
+
+
+class Result:
+    def __init__(self, completed: subprocess.CompletedProcess[str]) -> None:
+        self.code = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}"
+
+
+def cli(
+    *argv: str,
+    cwd: Optional[Path] = None,
+    env: Optional[dict[str, str]] = None,
+    stdin: Optional[str] = None,
+) -> Result:
+    """``snapshot-backfill ARGV`` in a new process (no terminal, no inherited database URL)."""
+    environ = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
+    environ.update(env or {})
+    return Result(
+        subprocess.run(
+            [sys.executable, "-m", "snapshot_backfill", *argv],
+            capture_output=True,
+            text=True,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            timeout=PROCESS_TIMEOUT_S,
+            cwd=cwd,
+            env=environ,
+        )
+    )
+
+
+def writing(backend: Backend) -> list[str]:
+    """What a writing command needs to run unattended on ``backend``."""
+    return ["--database-url", backend.cli_url, "--yes"]
+
+
+def loaded_and_run(backend: Backend) -> None:
+    """The bundled sample loaded into the backend's database, then backfilled."""
+    result = cli("load-sample", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    result = cli("run", *writing(backend), "--no-backup", "--json")
+    assert result.code == EXIT_OK, result
+    assert result.json["migrated"] > 0, result
+
+
+# --- issue 13, 1: rollback keeps the application's newer updated_at ------------------------
+
+
+def test_rollback_keeps_an_updated_at_the_application_wrote_after_the_link(
+    backend: Backend,
+) -> None:
+    loaded_and_run(backend)
+    engine = backend.make_engine()
+    later = datetime(2030, 1, 2, 3, 4, 5)
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.select(sa.func.min(production_runs.c.id)).where(
+                production_runs.c.recipe_snapshot_id.is_not(None)
+            )
+        ).scalar_one()
+        # The application's own UPDATE: an explicit updated_at, as its ORM writes it.
+        conn.execute(
+            sa.update(production_runs)
+            .where(production_runs.c.id == run_id)
+            .values(updated_at=later, notes="edited after the backfill")
+        )
+    result = cli("rollback", *writing(backend), "--no-backup", "--json")
+    assert result.code == EXIT_OK, result
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(production_runs.c.updated_at, production_runs.c.recipe_snapshot_id).where(
+                production_runs.c.id == run_id
+            )
+        ).one()
+    assert row.recipe_snapshot_id is None
+    assert row.updated_at == later
+
+
+def test_load_sample_keeps_the_updated_at_it_inserted_when_it_links(backend: Backend) -> None:
+    # Every UPDATE the tool issues says which updated_at it means; load-sample's links and
+    # variant links are not a change made later than the rows' own time.
+    result = cli("load-sample", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    engine = backend.make_engine()
+    with engine.connect() as conn:
+        linked = conn.execute(
+            sa.select(production_runs.c.created_at, production_runs.c.updated_at).where(
+                production_runs.c.recipe_snapshot_id.is_not(None)
+            )
+        ).all()
+        variants = conn.execute(
+            sa.select(recipes.c.created_at, recipes.c.updated_at).where(
+                recipes.c.base_recipe_id.is_not(None)
+            )
+        ).all()
+    assert linked and variants
+    assert all(r.updated_at == r.created_at for r in [*linked, *variants])
