@@ -129,3 +129,55 @@ def test_load_sample_keeps_the_updated_at_it_inserted_when_it_links(backend: Bac
         ).all()
     assert linked and variants
     assert all(r.updated_at == r.created_at for r in [*linked, *variants])
+
+
+# --- issue 13, 4 / issue 14: rollback validates before it backs up --------------------------
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _foreign_sqlite(path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE inventory (id INTEGER PRIMARY KEY, label TEXT)")
+        conn.exec_driver_sql("INSERT INTO inventory (label) VALUES ('flour')")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["zero-byte file", "foreign SQLite database"])
+def test_rollback_refuses_a_file_that_is_not_the_applications_before_any_backup(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "bake.db"
+    if kind == "zero-byte file":
+        path.write_bytes(b"")
+    else:
+        _foreign_sqlite(path)
+    content = path.read_bytes()
+    result = cli("rollback", "--database-url", str(path), "--yes")
+    assert result.code == EXIT_BAD_INPUT, result
+    assert len(result.stderr.strip().splitlines()) == 1, result
+    assert path.read_bytes() == content
+    # No backup, no lock file: nothing was done for a database that is not one.
+    assert _listing(tmp_path) == ["bake.db"], result
+
+
+def test_rollback_with_nothing_to_undo_says_so_without_asking_or_backing_up(
+    backend: Backend,
+) -> None:
+    result = cli("load-sample", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    directory = backend.path.parent if backend.path is not None else None
+    before = _listing(directory) if directory is not None else None
+    # No --yes and no terminal: a prompt would be refused with exit 2.
+    result = cli("rollback", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    assert "nothing to undo" in result.stdout.lower(), result
+    assert "Backup" not in result.stdout and "pg_dump" not in result.stdout, result
+    if directory is not None:
+        assert _listing(directory) == before
+    result = cli("rollback", "--database-url", backend.cli_url, "--json")
+    assert result.code == EXIT_OK, result
+    assert result.json["journal_entries"] == 0

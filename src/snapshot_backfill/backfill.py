@@ -963,6 +963,19 @@ def _check_backfilled(conn: Connection, problems: _Problems) -> None:
 # --- rollback ----------------------------------------------------------------------------
 
 
+def rollback_pending(engine: Engine) -> int:
+    """How many journaled links a rollback would undo, read-only (0: nothing to undo).
+
+    Checks the schema first, so that a file that is not the application's database is
+    refused before anything (a backup, a question) is done for it.
+    """
+    with read_only(engine) as conn:
+        require_schema(conn)
+        if not journal_exists(conn):
+            return 0
+        return int(conn.execute(select(func.count()).select_from(journal)).scalar_one())
+
+
 def rollback(
     engine: Engine,
     *,

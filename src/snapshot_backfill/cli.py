@@ -448,7 +448,17 @@ def cmd_verify(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
 def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     progress = _ProgressPrinter(out, "entries", out.stderr)
     with _opened(args) as engine, contextlib.closing(progress):
-        question = f"Undo every backfill this tool journaled in {display_url(engine.url)}?"
+        database = display_url(engine.url)
+        # Validated before anything is asked or backed up: a file that is not the
+        # application's database is refused, and with nothing to undo nothing is done.
+        pending = backfill.rollback_pending(engine)
+        if not pending:
+            if out.as_json:
+                out.json(backfill.RollbackReport().to_dict())
+            else:
+                out.say(f"Nothing to undo in {database}: no backfill of this tool is journaled.")
+            return EXIT_OK
+        question = f"Undo {pending:,} journaled links of this tool's backfill in {database}?"
         _before_writing(out, engine, args, stdin, question)
         report = backfill.rollback(
             engine,
