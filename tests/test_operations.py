@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +19,7 @@ from typing import Any, Optional
 import pytest
 import sqlalchemy as sa
 
-from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_OK
+from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_OK
 from snapshot_backfill.models import production_runs, recipes
 
 from backends import Backend
@@ -181,3 +182,93 @@ def test_rollback_with_nothing_to_undo_says_so_without_asking_or_backing_up(
     result = cli("rollback", "--database-url", backend.cli_url, "--json")
     assert result.code == EXIT_OK, result
     assert result.json["journal_entries"] == 0
+
+
+# --- issue 14: one migration lock for every command that writes ----------------------------
+
+# A real `run` that stops after its first committed batch, holding the migration lock, until
+# the test removes the file it waits on.
+_HOLDING_RUN = """
+import sys, time
+from pathlib import Path
+from snapshot_backfill import cli
+
+held, release = Path(sys.argv[1]), Path(sys.argv[2])
+
+def hold(self, progress):
+    if not held.exists():
+        held.touch()
+        while release.exists():
+            time.sleep(0.05)
+
+cli._ProgressPrinter.__call__ = hold
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def _drop_an_index(backend: Backend) -> None:
+    """Leave upgrade-schema one step to do (an index) on a database `run` can work on."""
+    engine = backend.make_engine()
+    on = " ON recipes" if backend.name == "mariadb" else ""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP INDEX ix_recipes_is_production_ready{on}")
+    engine.dispose()
+
+
+def _index_missing(backend: Backend) -> bool:
+    engine = backend.make_engine()
+    with engine.connect() as conn:
+        names = {i["name"] for i in sa.inspect(conn).get_indexes("recipes")}
+    engine.dispose()
+    return "ix_recipes_is_production_ready" not in names
+
+
+def test_upgrade_schema_waits_for_or_is_refused_the_lock_a_run_holds(
+    backend: Backend, tmp_path: Path
+) -> None:
+    result = cli("load-sample", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    _drop_an_index(backend)
+    held, release = tmp_path / "held", tmp_path / "release"
+    release.touch()
+    environ = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
+    holder = subprocess.Popen(
+        [
+            *(sys.executable, "-c", _HOLDING_RUN, str(held), str(release)),
+            *("run", *writing(backend), "--no-backup", "--batch-size", "1"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    waiter: Optional[subprocess.Popen[str]] = None
+    try:
+        while not held.exists():
+            assert holder.poll() is None, holder.communicate()
+            time.sleep(0.05)
+        upgrade = ["upgrade-schema", *writing(backend), "--no-backup"]
+        refused = cli(*upgrade, "--lock-timeout", "0")
+        assert refused.code == EXIT_LOCKED, refused
+        assert "another snapshot-backfill" in refused.stderr, refused
+        assert _index_missing(backend)
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "snapshot_backfill", *upgrade, "--lock-timeout", "600"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environ,
+        )
+        # It waits as long as the run holds the lock (given time to have finished otherwise).
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.wait(timeout=3)
+        assert _index_missing(backend)
+    finally:
+        release.unlink()
+        out, err = holder.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert holder.returncode == EXIT_OK, (out, err)
+    out, err = waiter.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert waiter.returncode == EXIT_OK, (out, err)
+    assert not _index_missing(backend)

@@ -56,7 +56,7 @@ from .database import (
 )
 from .errors import BadInputError, InterruptedRunError, RunAbortedError
 from .journal import create_journal, drop_journal, journal, journal_exists
-from .locking import migration_lock
+from .locking import DEFAULT_LOCK_TIMEOUT_S, migration_lock
 from .models import new_uuid, production_runs, recipe_snapshots, recipes, utc_now
 from .payload import (
     build_payloads,
@@ -76,7 +76,6 @@ from .schema_check import require_schema
 DEFAULT_BATCH_SIZE = 5000
 # Each batch's run ids go to the database in one statement; stay well under every limit.
 MAX_BATCH_SIZE = 10000
-DEFAULT_LOCK_TIMEOUT_S = 10.0
 # verify lists at most this many problems (it still counts them all).
 MAX_PROBLEMS_LISTED = 1000
 

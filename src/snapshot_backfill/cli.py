@@ -46,6 +46,7 @@ from .errors import (
     BadInputError,
     InterruptedRunError,
 )
+from .locking import DEFAULT_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
 from .models import pre_snapshot_metadata
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
@@ -100,10 +101,6 @@ def _positive_int(value: str) -> int:
     return number
 
 
-# A day: longer waits are a typo, and every backend's timeout takes this many seconds.
-MAX_LOCK_TIMEOUT_S = 86400.0
-
-
 def _seconds(value: str) -> float:
     try:
         number = float(value)
@@ -147,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--lock-timeout",
             type=_seconds,
-            default=backfill.DEFAULT_LOCK_TIMEOUT_S,
+            default=DEFAULT_LOCK_TIMEOUT_S,
             metavar="SECONDS",
             help="how long to wait for another migrator (default: %(default)s)",
         )
