@@ -19,9 +19,10 @@ from typing import Any, Optional
 import pytest
 import sqlalchemy as sa
 
-from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_OK
+from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 from snapshot_backfill.models import production_runs, recipes
 
+import fingerprint
 from backends import Backend
 
 PROCESS_TIMEOUT_S = 120
@@ -272,3 +273,46 @@ def test_upgrade_schema_waits_for_or_is_refused_the_lock_a_run_holds(
     out, err = waiter.communicate(timeout=PROCESS_TIMEOUT_S)
     assert waiter.returncode == EXIT_OK, (out, err)
     assert not _index_missing(backend)
+
+
+# --- issue 14: safety before consent ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "rollback", "upgrade-schema"])
+def test_yes_alone_does_not_write_to_a_server(backend: Backend, command: str) -> None:
+    if backend.is_sqlite:
+        pytest.skip("a SQLite file is backed up by the tool itself")
+    loaded_and_run(backend)
+    if command == "upgrade-schema":
+        _drop_an_index(backend)
+    elif command == "run":
+        assert cli("rollback", *writing(backend), "--no-backup").code == EXIT_OK
+    engine = backend.make_engine()
+    before = fingerprint.take(engine)
+    result = cli(command, *writing(backend))
+    assert result.code == EXIT_BAD_INPUT, result
+    dump = "pg_dump" if backend.name == "postgresql" else "mysqldump"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and dump in lines[0] and "--backup-taken" in lines[0], result
+    fingerprint.assert_same(before, fingerprint.take(engine), f"{command} --yes wrote")
+    done = cli(command, *writing(backend), "--backup-taken")
+    assert done.code == EXIT_OK, done
+    assert dump in done.stdout, done
+
+
+# --- issue 14: plan --check ------------------------------------------------------------------
+
+
+def test_plan_check_fails_while_runs_would_be_written_or_linked(backend: Backend) -> None:
+    result = cli("load-sample", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    pending = cli("plan", "--database-url", backend.cli_url, "--check", "--json")
+    assert pending.code == EXIT_FAILED, pending
+    assert pending.json["to_migrate"] + pending.json["to_link_existing"] > 0
+    human = cli("plan", "--database-url", backend.cli_url, "--check")
+    assert human.code == EXIT_FAILED and "would be written or linked" in human.stdout, human
+    assert cli("run", *writing(backend), "--no-backup").code == EXIT_OK
+    # Orphans are left alone by a run: nothing more to write, so the check passes.
+    done = cli("plan", "--database-url", backend.cli_url, "--check", "--json")
+    assert done.code == EXIT_OK, done
+    assert done.json["orphaned"] > 0

@@ -164,10 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
             "--backup", type=Path, metavar="PATH", help="SQLite: where to write the backup"
         )
         backup.add_argument(
-            "--no-backup", action="store_true", help="SQLite: skip the backup before writing"
+            "--no-backup",
+            action="store_true",
+            help="skip the backup before writing (on a server: write without one, knowingly)",
+        )
+        backup.add_argument(
+            "--backup-taken",
+            action="store_true",
+            help="PostgreSQL/MariaDB: you took the pg_dump/mysqldump shown; required (or "
+            "--no-backup) to write to a server, which --yes does not imply",
         )
 
-    database_command("plan", "show what a run would do (read-only, changes nothing)")
+    plan_parser = database_command("plan", "show what a run would do (read-only, changes nothing)")
+    plan_parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when any run would be written or linked, 0 otherwise (a gate for CI)",
+    )
     run_parser = database_command("run", "backfill snapshots, one committed batch at a time")
     writing_options(run_parser)
     run_parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
@@ -218,10 +231,31 @@ def _opened(args: argparse.Namespace) -> Iterator[Engine]:
 def _before_writing(
     out: Output, engine: Engine, args: argparse.Namespace, stdin: TextIO, question: str
 ) -> None:
-    """Refuse a read-only database, ask (unless --yes), then back up or say how to."""
+    """Refuse a read-only database, say how to back up a server, ask, then back up SQLite."""
     require_writable(engine)
+    _require_server_backup(out, engine, args)
     _confirm(out, question, args.yes, stdin)
     _protect(out, engine, args)
+
+
+def _require_server_backup(out: Output, engine: Engine, args: argparse.Namespace) -> None:
+    """On a server, show the dump to take before the question; refuse to write unacknowledged.
+
+    A SQLite file is copied by the tool itself; a server's dump is the user's to take, and
+    ``--yes`` (added to skip a prompt in a script) is no word that it was: ``--backup-taken``
+    says it was, ``--no-backup`` that the user writes without one knowingly.
+    """
+    if is_sqlite(engine.url):
+        return
+    dump = _dump_command(engine.url)
+    if args.backup_taken or args.no_backup:
+        out.say("Back up the database before writing, if you have not, e.g.:")
+        out.say(f"  {dump}")
+        return
+    raise BadInputError(
+        f"{display_url(engine.url)} is a server database: take a backup first, e.g. `{dump}`, "
+        "then pass --backup-taken (or --no-backup to write without one); nothing was changed"
+    )
 
 
 def _confirm(out: Output, question: str, assume_yes: bool, stdin: TextIO) -> None:
@@ -238,16 +272,13 @@ def _confirm(out: Output, question: str, assume_yes: bool, stdin: TextIO) -> Non
 
 
 def _protect(out: Output, engine: Engine, args: argparse.Namespace) -> None:
-    """Back up a SQLite file before writing; for servers, say which dump to take."""
+    """Back up a SQLite file before writing (a server's dump was asked for before the question)."""
     url = engine.url
     if is_sqlite(url):
         database = sqlite_path(url)
         if database is None or args.no_backup:
             return
         out.say(f"Backup: {backup_sqlite(database, args.backup)}")
-        return
-    out.say("Back up the database before writing, if you have not, e.g.:")
-    out.say(f"  {_dump_command(url)}")
 
 
 def _dump_command(url: URL) -> str:
@@ -375,6 +406,9 @@ def cmd_plan(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     else:
         _print_plan(out, the_plan, display_url(engine.url))
         out.say("Dry run: nothing was changed.")
+    if args.check and the_plan.work:
+        out.say(f"Check failed: {the_plan.work:,} runs would be written or linked.")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -491,6 +525,7 @@ def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             return EXIT_OK
         require_writable(engine)
         out.say(f"{database} lacks: " + "; ".join(g.describe() for g in plan.gaps))
+        _require_server_backup(out, engine, args)
         _confirm(out, f"Apply {len(plan.steps)} schema steps to {database}?", args.yes, stdin)
         report = upgrade_schema(
             engine,
