@@ -47,10 +47,20 @@ def cli(
     cwd: Optional[Path] = None,
     env: Optional[dict[str, str]] = None,
     stdin: Optional[str] = None,
+    url_env: Optional[str] = None,
 ) -> Result:
-    """``snapshot-backfill ARGV`` in a new process (no terminal, no inherited database URL)."""
-    environ = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
+    """``snapshot-backfill ARGV`` in a new process (no terminal, no inherited database URL).
+
+    ``url_env`` sets SNAPSHOT_BACKFILL_DATABASE_URL; BAKING_TRACKER_ENV is never inherited.
+    """
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SNAPSHOT_BACKFILL_DATABASE_URL", "BAKING_TRACKER_ENV")
+    }
     environ.update(env or {})
+    if url_env is not None:
+        environ["SNAPSHOT_BACKFILL_DATABASE_URL"] = url_env
     return Result(
         subprocess.run(
             [sys.executable, "-m", "snapshot_backfill", *argv],
@@ -316,3 +326,95 @@ def test_plan_check_fails_while_runs_would_be_written_or_linked(backend: Backend
     done = cli("plan", "--database-url", backend.cli_url, "--check", "--json")
     assert done.code == EXIT_OK, done
     assert done.json["orphaned"] > 0
+
+
+# --- issue 14: the application's default database --------------------------------------------
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "migrate_production_snapshots.py"
+
+
+def _app_environ(home: Path, app_env: Optional[str] = None) -> dict[str, str]:
+    environ = {"HOME": str(home), "USERPROFILE": str(home)}
+    if app_env is not None:
+        environ["BAKING_TRACKER_ENV"] = app_env
+    return environ
+
+
+def _load(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = cli("load-sample", "--database-url", str(path))
+    assert result.code == EXIT_OK, result
+
+
+def test_without_a_url_the_app_default_database_is_used_and_named(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    database = home / "Documents" / "BakeTracker" / "baking_tracker.db"
+    _load(database)
+    result = cli("plan", cwd=tmp_path, env=_app_environ(home))
+    assert result.code == EXIT_OK, result
+    first = result.stdout.splitlines()[0]
+    assert str(database) in first and "BAKING_TRACKER_ENV" in first and "production" in first
+    # The work package's documented usage, with no URL at all.
+    dry = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("SNAPSHOT_", "BAKING_"))},
+            **_app_environ(home),
+        },
+        timeout=PROCESS_TIMEOUT_S,
+    )
+    assert dry.returncode == EXIT_OK, dry.stderr
+    assert str(database) in dry.stdout and "Dry run: nothing was changed." in dry.stdout
+    # Said before the question: refused here (no terminal), but after naming the database.
+    refused = cli("run", cwd=tmp_path, env=_app_environ(home, "Production"))
+    assert refused.code == EXIT_BAD_INPUT, refused
+    assert str(database) in refused.stdout.splitlines()[0], refused
+
+
+def test_a_missing_default_database_is_named_and_never_created(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    for command in (["plan"], ["run", "--yes"], ["rollback", "--yes"], ["verify"]):
+        result = cli(*command, cwd=tmp_path, env=_app_environ(home))
+        assert result.code == EXIT_BAD_INPUT, result
+        line = result.stderr.strip()
+        assert len(line.splitlines()) == 1, result
+        expected = home / "Documents" / "BakeTracker" / "baking_tracker.db"
+        assert str(expected) in line and "BAKING_TRACKER_ENV" in line, result
+        assert "--database-url" in line and "SNAPSHOT_BACKFILL_DATABASE_URL" in line, result
+    assert list(home.iterdir()) == []
+
+
+def test_in_development_the_checkouts_database_is_used(tmp_path: Path) -> None:
+    checkout = tmp_path / "bake-tracker"
+    (checkout / "src" / "utils").mkdir(parents=True)
+    (checkout / "src" / "utils" / "db.py").write_text("# the application's database module\n")
+    database = checkout / "data" / "baking_tracker.db"
+    _load(database)
+    inside = checkout / "src"
+    result = cli("plan", "--json", cwd=inside, env=_app_environ(tmp_path, "development"))
+    assert result.code == EXIT_OK, result
+    assert str(database) in result.stderr and "development" in result.stderr, result
+    assert result.json["total_runs"] > 0
+    # Outside a checkout there is no development database to guess.
+    outside = cli("plan", cwd=tmp_path, env=_app_environ(tmp_path, "development"))
+    assert outside.code == EXIT_BAD_INPUT, outside
+    assert "checkout" in outside.stderr and "src/utils/db.py" in outside.stderr, outside
+    unknown = cli("plan", cwd=inside, env=_app_environ(tmp_path, "staging"))
+    assert unknown.code == EXIT_BAD_INPUT, unknown
+    assert "BAKING_TRACKER_ENV=staging" in unknown.stderr, unknown
+
+
+def test_an_explicit_url_wins_over_the_application_default(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _load(home / "Documents" / "BakeTracker" / "baking_tracker.db")
+    other = tmp_path / "other.db"
+    _load(other)
+    result = cli("plan", cwd=tmp_path, env=_app_environ(home), url_env=str(other))
+    assert result.code == EXIT_OK, result
+    assert "Using" not in result.stdout and str(other) in result.stdout, result

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -622,6 +623,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output, TextIO], int]] = {
 }
 
 
+# Commands that create a database never default to the application's: they name their own.
+_CREATING_COMMANDS = ("load-sample", "demo")
+
+
+def _apply_app_default(args: argparse.Namespace, out: Output) -> None:
+    """Without a URL anywhere, use the application's default database, and say which and why."""
+    if args.command in _CREATING_COMMANDS or not hasattr(args, "database_url"):
+        return
+    if args.database_url or os.environ.get(ENV_VAR, "").strip():
+        return
+    from .app_default import default_database
+
+    chosen = default_database(os.environ, Path.cwd())
+    out.say(f"Using {chosen.path}: {chosen.reason}")
+    args.database_url = str(chosen.path)
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
@@ -645,6 +663,7 @@ def main(
         command = args.command
         out.quiet = getattr(args, "quiet", False)
         out.as_json = getattr(args, "json", False)
+        _apply_app_default(args, out)
         # A polite kill (SIGTERM) stops between batches like Ctrl-C does; and Ctrl-C works
         # even where the process was started with SIGINT ignored (a background job).
         previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
