@@ -418,3 +418,63 @@ def test_an_explicit_url_wins_over_the_application_default(tmp_path: Path) -> No
     result = cli("plan", cwd=tmp_path, env=_app_environ(home), url_env=str(other))
     assert result.code == EXIT_OK, result
     assert "Using" not in result.stdout and str(other) in result.stdout, result
+
+
+# --- issue 14: honest output -----------------------------------------------------------------
+
+
+def test_the_progress_rate_and_eta_are_measured_from_the_first_batch() -> None:
+    from snapshot_backfill.backfill import Progress
+    from snapshot_backfill.cli import progress_line
+
+    line = progress_line(Progress(done=12000, total=48000, batches=3, elapsed_s=2.0), "runs")
+    assert line == "12,000/48,000 runs (3 batches, 6,000 runs/s, ETA 6s)"
+
+
+def test_piped_progress_shows_a_rate_and_an_eta(sqlite_backend: Backend) -> None:
+    result = cli("load-sample", "--database-url", sqlite_backend.cli_url)
+    assert result.code == EXIT_OK, result
+    result = cli(*["run", *writing(sqlite_backend), "--no-backup", "--batch-size", "5"])
+    assert result.code == EXIT_OK, result
+    lines = [line for line in result.stderr.splitlines() if "batches" in line]
+    assert lines and all("runs/s, ETA " in line for line in lines), result
+
+
+# A real `rollback` that is interrupted (SIGINT, as Ctrl-C sends) after its first batch.
+_INTERRUPTED_ROLLBACK = """
+import os, signal, sys
+from snapshot_backfill import cli
+
+def interrupt(self, progress):
+    os.kill(os.getpid(), signal.SIGINT)
+
+cli._ProgressPrinter.__call__ = interrupt
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_an_interrupted_rollback_prints_a_summary_and_exits_130(
+    backend: Backend, as_json: bool
+) -> None:
+    loaded_and_run(backend)
+    environ = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
+    argv = ["rollback", *writing(backend), "--no-backup", "--batch-size", "2"]
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_ROLLBACK, *argv, *(["--json"] if as_json else [])],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=environ,
+        timeout=PROCESS_TIMEOUT_S,
+    )
+    assert done.returncode == 130, (done.stdout, done.stderr)
+    if as_json:
+        report = json.loads(done.stdout)
+        assert report["interrupted"] is True and report["journal_entries"] == 2, report
+    else:
+        assert "Rolled back 2 journal entries" in done.stdout, done.stdout
+        assert "interrupted" in done.stdout + done.stderr
+    # The rest is still journaled: a second rollback finishes it.
+    again = cli("rollback", *writing(backend), "--no-backup", "--json")
+    assert again.code == EXIT_OK and again.json["journal_entries"] > 0, again

@@ -177,6 +177,8 @@ class Progress:
     done: int
     total: int
     batches: int
+    # Seconds since the first batch began: the rate and ETA exclude planning and the question.
+    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -259,6 +261,7 @@ class RollbackReport:
     left_alone: int = 0
     batches: int = 0
     duration_s: float = 0.0
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "duration_s": round(self.duration_s, 3)}
@@ -716,6 +719,7 @@ def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator
             create_journal(conn)
             create_payload_table(conn)
             capacity = column_capacity(conn)
+        first_batch = time.monotonic()
         try:
             while True:
                 with write_transaction(conn):
@@ -731,7 +735,12 @@ def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator
                 after = batch.last_id
                 report.batches += 1
                 done = report.migrated + report.linked_existing + len(report.errors)
-                yield Progress(done=done, total=report.plan.work, batches=report.batches)
+                yield Progress(
+                    done=done,
+                    total=report.plan.work,
+                    batches=report.batches,
+                    elapsed_s=time.monotonic() - first_batch,
+                )
         finally:
             _clean_up_quietly(conn)
 
@@ -1003,21 +1012,36 @@ def rollback(
         conn.rollback()
         total = int(conn.execute(select(func.count()).select_from(journal)).scalar_one())
         conn.rollback()
-        while True:
-            with write_transaction(conn):
-                ids = list(
-                    conn.execute(
-                        select(journal.c.id).order_by(journal.c.id).limit(batch_size)
-                    ).scalars()
-                )
-                if not ids:
-                    break
-                _undo(conn, ids, report)
-            report.batches += 1
-            if on_progress is not None:
-                on_progress(
-                    Progress(done=report.journal_entries, total=total, batches=report.batches)
-                )
+        first_batch = time.monotonic()
+        try:
+            while True:
+                with write_transaction(conn):
+                    ids = list(
+                        conn.execute(
+                            select(journal.c.id).order_by(journal.c.id).limit(batch_size)
+                        ).scalars()
+                    )
+                    if not ids:
+                        break
+                    _undo(conn, ids, report)
+                report.batches += 1
+                if on_progress is not None:
+                    on_progress(
+                        Progress(
+                            done=report.journal_entries,
+                            total=total,
+                            batches=report.batches,
+                            elapsed_s=time.monotonic() - first_batch,
+                        )
+                    )
+        except KeyboardInterrupt:
+            report.interrupted = True
+            report.duration_s = time.monotonic() - started
+            raise InterruptedRunError(
+                "interrupted: the batches committed so far are undone and the rest is still "
+                "journaled; run rollback again to finish",
+                report,
+            ) from None
         with write_transaction(conn):
             drop_journal(conn)
     if report.runs_unlinked or report.snapshots_deleted:

@@ -296,6 +296,26 @@ def _dump_command(url: URL) -> str:
     )
 
 
+def progress_line(progress: backfill.Progress, unit: str) -> str:
+    """``done/total unit (batches, rate, ETA)``, the rate measured from the first batch on."""
+    text = f"{progress.done:,}/{progress.total:,} {unit} ({progress.batches:,} batches"
+    if progress.elapsed_s > 0 and progress.done:
+        rate = progress.done / progress.elapsed_s
+        left = max(progress.total - progress.done, 0)
+        text += f", {rate:,.0f} {unit}/s, ETA {_duration(left / rate)}"
+    return text + ")"
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 class _ProgressPrinter:
     """A progress bar on a terminal, a plain line every few seconds otherwise."""
 
@@ -304,7 +324,6 @@ class _ProgressPrinter:
         self.unit = unit
         self.stream = stream
         self.bar: Any = None
-        self.started = time.monotonic()
         self.last_line = 0.0
 
     def __call__(self, progress: backfill.Progress) -> None:
@@ -320,12 +339,7 @@ class _ProgressPrinter:
         now = time.monotonic()
         if now - self.last_line >= 2.0 or progress.done >= progress.total:
             self.last_line = now
-            rate = progress.done / max(now - self.started, 1e-9)
-            print(
-                f"  {progress.done}/{progress.total} {self.unit} "
-                f"({progress.batches} batches, {rate:,.0f} {self.unit}/s)",
-                file=self.stream,
-            )
+            print(f"  {progress_line(progress, self.unit)}", file=self.stream)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -492,21 +506,31 @@ def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             return EXIT_OK
         question = f"Undo {pending:,} journaled links of this tool's backfill in {database}?"
         _before_writing(out, engine, args, stdin, question)
-        report = backfill.rollback(
-            engine,
-            batch_size=args.batch_size,
-            lock_timeout=args.lock_timeout,
-            on_progress=progress,
-        )
+        try:
+            report = backfill.rollback(
+                engine,
+                batch_size=args.batch_size,
+                lock_timeout=args.lock_timeout,
+                on_progress=progress,
+            )
+        except InterruptedRunError as exc:
+            progress.close()
+            _finish_rollback(out, exc.report)
+            raise
+    _finish_rollback(out, report)
+    return EXIT_OK
+
+
+def _finish_rollback(out: Output, report: backfill.RollbackReport) -> None:
     if out.as_json:
         out.json(report.to_dict())
-    else:
-        out.say(
-            f"Rolled back {report.journal_entries} journal entries: {report.runs_unlinked} runs "
-            f"unlinked, {report.snapshots_deleted} snapshots deleted, {report.left_alone} left "
-            f"alone (changed since) ({report.duration_s:.2f}s)"
-        )
-    return EXIT_OK
+        return
+    out.say(
+        f"Rolled back {report.journal_entries:,} journal entries: {report.runs_unlinked:,} runs "
+        f"unlinked, {report.snapshots_deleted:,} snapshots deleted, {report.left_alone:,} left "
+        f"alone (changed since) ({report.batches:,} batches, {report.duration_s:.2f}s)"
+        + (" before the interruption" if report.interrupted else "")
+    )
 
 
 def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
