@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 from snapshot_backfill.errors import EXIT_OK
 
+import states
 from backends import Backend
 
 PROCESS_TIMEOUT_S = 120
@@ -114,3 +116,81 @@ def test_on_a_server_the_dump_to_take_is_shown_before_the_question(backend: Back
     assert dump in session.output.split(PROMPT)[0], session.output
     session.answer("n\n")
     assert session.finish() != EXIT_OK
+
+
+# --- the confirmation screen -----------------------------------------------------------------
+
+
+def _many_recipes_and_runs(backend: Backend, recipes: int, doublings: int) -> int:
+    """``recipes`` recipes with a run each, then the runs doubled; return the runs to migrate."""
+    import factories
+
+    engine = backend.make_engine()
+    with factories.factory_session(engine, seed=14):
+        for _ in range(recipes):
+            factories.ProductionRunFactory()
+    with engine.begin() as conn:
+        columns = [
+            row[1] for row in conn.exec_driver_sql("PRAGMA table_info(production_runs)").all()
+        ]
+        copied = [c for c in columns if c not in ("id", "uuid")]
+        names = ", ".join(copied)
+        for _ in range(doublings):
+            conn.exec_driver_sql(
+                f"INSERT INTO production_runs (uuid, {names}) "
+                f"SELECT lower(hex(randomblob(16))), {names} FROM production_runs"
+            )
+        total = conn.exec_driver_sql("SELECT count(*) FROM production_runs").scalar_one()
+    engine.dispose()
+    return int(total)
+
+
+def _empty(backend: Backend) -> None:
+    engine = backend.make_engine()
+    states.build_state("empty", engine)
+    engine.dispose()
+
+
+def test_the_totals_and_the_question_end_a_screen_that_fits_40_rows(
+    sqlite_backend: Backend,
+) -> None:
+    _empty(sqlite_backend)
+    runs = _many_recipes_and_runs(sqlite_backend, recipes=60, doublings=5)
+    assert runs >= 1000
+    session = Session("run", "--database-url", sqlite_backend.cli_url, "--no-backup", rows=40)
+    session.read_until(PROMPT)
+    screen = session.screen_before_prompt()
+    session.answer("n\n")
+    assert session.finish() != EXIT_OK
+    assert len(screen) <= 38, "\n".join(screen)
+    question = screen[-1]
+    assert f"Write {runs:,} new snapshots and link 0 runs" in question, question
+    # The totals right above the question, with thousands separators.
+    totals = "\n".join(screen[-7:-1])
+    assert f"to migrate (new snapshot):     {runs:>10,}" in totals, totals
+    assert "50 more recipes (--all-recipes lists them all)" in "\n".join(screen)
+    full = Session("plan", "--database-url", sqlite_backend.cli_url, "--all-recipes")
+    assert full.finish() == EXIT_OK
+    assert "more recipes" not in full.output
+    table = full.output.split("Per recipe:")[1].split("Production runs:")[0]
+    assert len(re.findall(r"^ +\d+ ", table, re.MULTILINE)) == 60, full.output
+
+
+def test_a_long_orphan_list_wraps_between_ids(sqlite_backend: Backend) -> None:
+    _empty(sqlite_backend)
+    engine = sqlite_backend.make_engine()
+    import factories
+
+    with factories.factory_session(engine, seed=15):
+        orphans = [factories.ProductionRunFactory(orphaned=True).id for _ in range(20)]
+    engine.dispose()
+    session = Session("plan", "--database-url", sqlite_backend.cli_url, columns=50)
+    assert session.finish() == EXIT_OK
+    listed = [line for line in session.output.splitlines() if "orphaned run ids" in line]
+    assert listed, session.output
+    start = session.output.index("orphaned run ids")
+    lines = session.output[start:].splitlines()
+    ids_text = " ".join(lines[: 1 + sum(1 for ln in lines[1:] if ln.startswith("      "))])
+    numbers = re.findall(r"\d+", ids_text.split(":", 1)[1])
+    assert [int(n) for n in numbers] == sorted(orphans), session.output
+    assert all(len(line) <= 50 for line in lines[:3]), session.output

@@ -12,9 +12,11 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -177,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     plan_parser = database_command("plan", "show what a run would do (read-only, changes nothing)")
+    all_recipes_help = (
+        f"list every recipe in the per-recipe table (default: the {PER_RECIPE_SHOWN} with most "
+        "to do)"
+    )
+    plan_parser.add_argument("--all-recipes", action="store_true", help=all_recipes_help)
     plan_parser.add_argument(
         "--check",
         action="store_true",
@@ -185,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = database_command("run", "backfill snapshots, one committed batch at a time")
     writing_options(run_parser)
     run_parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
+    run_parser.add_argument("--all-recipes", action="store_true", help=all_recipes_help)
     database_command("verify", "check every run and snapshot; exit 1 on any problem")
     writing_options(database_command("rollback", "undo what this tool's runs did"))
     upgrade = database_command(
@@ -354,43 +362,88 @@ def _ids(ids: Sequence[int], limit: int = 20) -> str:
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
-def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
+# The confirmation screen must fit a terminal of 40 rows with the totals and the question at
+# the bottom: the per-recipe table shows the recipes with the most work (--all-recipes: all).
+PER_RECIPE_SHOWN = 10
+
+
+def _id_lines(label: str, ids: Sequence[int]) -> list[str]:
+    """``label: 1, 2, 3`` wrapped to the terminal between ids, never inside a number."""
+    width = max(shutil.get_terminal_size((100, 40)).columns - 1, 40)
+    return textwrap.wrap(
+        f"{label}: {_ids(ids)}",
+        width=width,
+        initial_indent="  ",
+        subsequent_indent="      ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _print_plan(
+    out: Output, the_plan: backfill.Plan, database: str, *, all_recipes: bool = False
+) -> None:
+    """The plan, the details first and the totals last (next to a question that may follow)."""
     out.say(f"Database: {database}")
-    out.say(f"Production runs:                 {the_plan.total_runs:>8}")
-    out.say(f"  already linked:                {the_plan.already_linked:>8}")
-    out.say(f"  to link to existing snapshot:  {the_plan.to_link_existing:>8}")
-    out.say(f"  to migrate (new snapshot):     {the_plan.to_migrate:>8}")
-    out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>8}")
-    if the_plan.orphaned_run_ids:
-        out.say(f"  orphaned run ids: {_ids(the_plan.orphaned_run_ids)}")
-    if the_plan.undated_run_ids:
-        out.say(f"  undated (produced_at NULL):    {the_plan.undated:>8}")
-        out.say(f"  undated run ids: {_ids(the_plan.undated_run_ids)}")
-    for problem in the_plan.recipe_errors:
-        out.say(
-            f"  recipe {problem.recipe_id} cannot be snapshotted ({problem.runs} runs would "
-            f"fail): {problem.error}"
-        )
     if the_plan.per_recipe:
-        out.say("Per recipe:")
-        out.say(
-            f"  {'recipe':<41} {'runs':>6} {'linked':>7} {'migrate':>8} {'link':>5} {'orphan':>7}"
+        rows = list(the_plan.per_recipe)
+        if not all_recipes and len(rows) > PER_RECIPE_SHOWN:
+            # The recipes with the most runs to write, link or skip (orphans), in id order.
+            busiest = sorted(
+                rows,
+                key=lambda r: (-(r.to_migrate + r.to_link_existing + r.orphaned), r.recipe_id),
+            )
+            rows = sorted(busiest[:PER_RECIPE_SHOWN], key=lambda r: r.recipe_id)
+        shown = (
+            "" if len(rows) == len(the_plan.per_recipe) else f" (the {len(rows)} with most runs)"
         )
-        for r in the_plan.per_recipe:
+        out.say(f"Per recipe{shown}:")
+        out.say(
+            f"  {'recipe':<41} {'runs':>8} {'linked':>8} {'migrate':>8} {'link':>6} {'orphan':>7}"
+        )
+        for r in rows:
             name = (r.recipe_name if r.recipe_name else "(deleted)")[:36]
             out.say(
-                f"  {r.recipe_id:>4} {name:<36} {r.total_runs:>6} {r.already_linked:>7} "
-                f"{r.to_migrate:>8} {r.to_link_existing:>5} {r.orphaned:>7}"
+                f"  {r.recipe_id:>4} {name:<36} {r.total_runs:>8,} {r.already_linked:>8,} "
+                f"{r.to_migrate:>8,} {r.to_link_existing:>6,} {r.orphaned:>7,}"
             )
+        hidden = len(the_plan.per_recipe) - len(rows)
+        if hidden:
+            out.say(f"  ... and {hidden:,} more recipes (--all-recipes lists them all)")
+    for problem in the_plan.recipe_errors:
+        out.say(
+            f"  recipe {problem.recipe_id} cannot be snapshotted ({problem.runs:,} runs would "
+            f"fail): {problem.error}"
+        )
+    if the_plan.orphaned_run_ids:
+        for line in _id_lines("orphaned run ids", the_plan.orphaned_run_ids):
+            out.say(line)
+    if the_plan.undated_run_ids:
+        for line in _id_lines("undated run ids", the_plan.undated_run_ids):
+            out.say(line)
+    out.say(f"Production runs:                 {the_plan.total_runs:>10,}")
+    out.say(f"  already linked:                {the_plan.already_linked:>10,}")
+    out.say(f"  to link to existing snapshot:  {the_plan.to_link_existing:>10,}")
+    out.say(f"  to migrate (new snapshot):     {the_plan.to_migrate:>10,}")
+    out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>10,}")
+    if the_plan.undated_run_ids:
+        out.say(f"  undated (produced_at NULL):    {the_plan.undated:>10,}")
+
+
+def _run_question(the_plan: backfill.Plan, database: str) -> str:
+    return (
+        f"Write {the_plan.to_migrate:,} new snapshots and link {the_plan.to_link_existing:,} "
+        f"runs to existing ones in {database}?"
+    )
 
 
 def _print_run_report(out: Output, report: backfill.RunReport) -> None:
     out.say(
-        f"Migrated {report.migrated}, linked to existing {report.linked_existing}, "
-        f"skipped orphans {report.skipped_orphans}, "
-        + (f"skipped undated {report.skipped_undated}, " if report.skipped_undated else "")
-        + f"errors {len(report.errors)} "
-        f"({report.batches} batches, {report.duration_s:.2f}s)"
+        f"Migrated {report.migrated:,}, linked to existing {report.linked_existing:,}, "
+        f"skipped orphans {report.skipped_orphans:,}, "
+        + (f"skipped undated {report.skipped_undated:,}, " if report.skipped_undated else "")
+        + f"errors {len(report.errors):,} "
+        f"({report.batches:,} batches, {report.duration_s:.2f}s)"
     )
     if report.skipped_undated:
         out.say(
@@ -419,7 +472,7 @@ def cmd_plan(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     if out.as_json:
         out.json(the_plan.to_dict())
     else:
-        _print_plan(out, the_plan, display_url(engine.url))
+        _print_plan(out, the_plan, display_url(engine.url), all_recipes=args.all_recipes)
         out.say("Dry run: nothing was changed.")
     if args.check and the_plan.work:
         out.say(f"Check failed: {the_plan.work:,} runs would be written or linked.")
@@ -437,9 +490,9 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
         file_mode = sibling_mode(sqlite_file) if sqlite_file is not None else None
         the_plan = backfill.plan(engine)
         if not out.as_json:
-            _print_plan(out, the_plan, database)
+            _print_plan(out, the_plan, database, all_recipes=args.all_recipes)
         if the_plan.work:
-            question = f"Write snapshots for {the_plan.work} runs in {database}?"
+            question = _run_question(the_plan, database)
             _before_writing(out, engine, args, stdin, question)
         try:
             report = backfill.run(
