@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
-from snapshot_backfill.models import production_runs, recipes
+from snapshot_backfill.models import production_runs, recipe_snapshots, recipes
 
 import fingerprint
 from backends import Backend
@@ -478,3 +479,176 @@ def test_an_interrupted_rollback_prints_a_summary_and_exits_130(
     # The rest is still journaled: a second rollback finishes it.
     again = cli("rollback", *writing(backend), "--no-backup", "--json")
     assert again.code == EXIT_OK and again.json["journal_entries"] > 0, again
+
+
+# --- issue 14: bounded impact on a live application ------------------------------------------
+
+
+def test_the_batch_size_halves_over_the_target_and_grows_gently_well_under_it() -> None:
+    from snapshot_backfill.pacing import MAX_BATCH_SIZE, BatchSizer
+
+    sizer = BatchSizer(1000, max_seconds=1.0)
+    sizer.observe(3.0, 1000)
+    assert sizer.size == 500
+    sizer.observe(0.8, 500)  # under the target, not well under: kept
+    assert sizer.size == 500
+    sizer.observe(0.1, 500)
+    assert sizer.size == 625
+    sizer.observe(0.1, 12)  # a short last batch says nothing about the size
+    assert sizer.size == 625
+    assert sizer.longest_s == 3.0
+    tiny = BatchSizer(1, max_seconds=0.01)
+    tiny.observe(5.0, 1)
+    assert tiny.size == 1
+    big = BatchSizer(MAX_BATCH_SIZE, max_seconds=10.0)
+    big.observe(0.0, MAX_BATCH_SIZE)
+    assert big.size == MAX_BATCH_SIZE
+    fixed = BatchSizer(7)
+    fixed.observe(99.0, 7)
+    assert fixed.size == 7 and fixed.longest_s == 99.0
+
+
+class FakeClock:
+    """Each batch 'takes' the next of ``durations`` seconds (two readings a batch)."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.durations = list(durations)
+        self.now = 0.0
+        self.started = True
+
+    def __call__(self) -> float:
+        self.started = not self.started
+        if self.started:  # the end of a batch
+            self.now += self.durations.pop(0) if self.durations else 0.0
+        return self.now
+
+
+def _batch_sizes(
+    engine: Any, monkeypatch: pytest.MonkeyPatch, **options: Any
+) -> tuple[list[int], Any]:
+    """Run; return the size each batch asked for, and the report."""
+    from snapshot_backfill import backfill
+
+    sizes: list[int] = []
+    real = backfill._next_batch
+
+    def spy(conn: Any, after: int, size: int, *rest: Any) -> Any:
+        batch = real(conn, after, size, *rest)
+        if batch is not None:
+            sizes.append(size)
+        return batch
+
+    monkeypatch.setattr(backfill, "_next_batch", spy)
+    report = backfill.run(engine, **options)
+    return sizes, report
+
+
+def test_a_run_adapts_its_batches_to_the_target_and_pauses_between_them(
+    backend: Backend, build_state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    slept: list[float] = []
+    sizes, report = _batch_sizes(
+        engine,
+        monkeypatch,
+        batch_size=8,
+        max_batch_seconds=1.0,
+        clock=FakeClock([3.0, 3.0, 3.0, 3.0, 0.1, 0.1, 0.1]),
+        pause_s=0.25,
+        sleep=slept.append,
+    )
+    # Over the target four times: halved down to 1; then well under it: grown by a quarter
+    # (at least one) after each full batch.
+    assert sizes[:8] == [8, 4, 2, 1, 1, 2, 3, 4], sizes
+    assert report.longest_batch_s == 3.0
+    assert slept == [0.25] * report.batches
+    assert report.to_dict()["longest_batch_s"] == 3.0
+
+
+def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: Any) -> None:
+    from snapshot_backfill import backfill
+
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    the_plan = backfill.plan(engine)
+    # The application records a run (a copy of an old one) after the plan was shown.
+    with engine.begin() as conn:
+        row = conn.execute(
+            sa.select(production_runs).where(
+                production_runs.c.recipe_snapshot_id.is_(None),
+                production_runs.c.recipe_id.in_(sa.select(recipes.c.id)),
+            )
+        ).first()
+        assert row is not None
+        values = {k: v for k, v in row._mapping.items() if k not in ("id", "uuid")}
+        late = conn.execute(
+            sa.insert(production_runs).values(**values, uuid=str(uuid.uuid4()))
+        ).inserted_primary_key[0]
+    assert the_plan.max_run_id is not None and late > the_plan.max_run_id
+    report = backfill.run(engine, known_plan=the_plan)
+    assert report.too_recent == 1
+    assert report.migrated == the_plan.to_migrate
+    with engine.connect() as conn:
+        link = conn.execute(
+            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == late)
+        ).scalar_one()
+    assert link is None
+
+
+def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend) -> None:
+    from snapshot_backfill.models import utc_now
+
+    result = cli("load-sample", "--database-url", backend.cli_url)
+    assert result.code == EXIT_OK, result
+    engine = backend.make_engine()
+    with engine.begin() as conn:
+        # A run to migrate (its recipe present, no snapshot row), as the application just wrote.
+        young = conn.execute(
+            sa.select(sa.func.max(production_runs.c.id))
+            .select_from(production_runs.join(recipes, recipes.c.id == production_runs.c.recipe_id))
+            .where(
+                production_runs.c.recipe_snapshot_id.is_(None),
+                ~sa.exists().where(recipe_snapshots.c.production_run_id == production_runs.c.id),
+            )
+        ).scalar_one()
+        conn.execute(
+            sa.update(production_runs)
+            .where(production_runs.c.id == young)
+            .values(created_at=utc_now(), updated_at=production_runs.c.updated_at)
+        )
+    ran = cli("run", *writing(backend), "--no-backup", "--json")
+    assert ran.code == EXIT_OK, ran
+    assert ran.json["too_recent"] == 1 and "longest_batch_s" in ran.json, ran
+    with engine.connect() as conn:
+        linked = conn.execute(
+            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == young)
+        ).scalar_one()
+    assert linked is None
+    text = cli("run", *writing(backend), "--no-backup")
+    assert "left to the application: 1 runs" in text.stdout, text
+    now = cli("run", *writing(backend), "--no-backup", "--min-age", "0", "--json")
+    assert now.code == EXIT_OK and now.json["migrated"] == 1 and now.json["too_recent"] == 0, now
+
+
+def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any) -> None:
+    from snapshot_backfill import backfill
+
+    if backend.is_sqlite:
+        pytest.skip("SQLite locks the file, not rows")
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    locking: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FOR UPDATE" in statement.upper():
+            locking.append(" ".join(statement.split()))
+
+    backfill.run(engine, batch_size=7)
+    assert locking
+    for statement in locking:
+        if backend.name == "postgresql":
+            assert statement.endswith("FOR UPDATE OF production_runs"), statement
+        else:
+            assert "JOIN" not in statement.upper() and "recipes" not in statement, statement

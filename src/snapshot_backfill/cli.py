@@ -51,6 +51,7 @@ from .errors import (
 )
 from .locking import DEFAULT_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
 from .models import pre_snapshot_metadata
+from .pacing import DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MIN_AGE_S
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
 _DEMO_SIDE_FILES = ("-journal", "-wal", "-shm", ".snapshot-backfill.lock")
@@ -193,6 +194,28 @@ def build_parser() -> argparse.ArgumentParser:
     writing_options(run_parser)
     run_parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
     run_parser.add_argument("--all-recipes", action="store_true", help=all_recipes_help)
+    run_parser.add_argument(
+        "--max-batch-seconds",
+        type=_seconds,
+        default=DEFAULT_MAX_BATCH_SECONDS,
+        metavar="SECONDS",
+        help="target duration of one batch's write transaction: the batch size adapts between "
+        "batches to stay under it (0: keep --batch-size fixed; default: %(default)s)",
+    )
+    run_parser.add_argument(
+        "--pause",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep between batches, leaving the database to the application (default: 0)",
+    )
+    run_parser.add_argument(
+        "--min-age",
+        type=_seconds,
+        default=DEFAULT_MIN_AGE_S,
+        metavar="SECONDS",
+        help="leave runs created less than this long ago to the application (default: %(default)s)",
+    )
     database_command("verify", "check every run and snapshot; exit 1 on any problem")
     writing_options(database_command("rollback", "undo what this tool's runs did"))
     upgrade = database_command(
@@ -445,6 +468,13 @@ def _print_run_report(out: Output, report: backfill.RunReport) -> None:
         + f"errors {len(report.errors):,} "
         f"({report.batches:,} batches, {report.duration_s:.2f}s)"
     )
+    if report.batches:
+        out.say(f"  longest batch {report.longest_batch_s:.2f}s")
+    if report.too_recent:
+        out.say(
+            f"  left to the application: {report.too_recent:,} runs created in the last "
+            "--min-age seconds or after the plan"
+        )
     if report.skipped_undated:
         out.say(
             f"  undated runs (produced_at NULL, not snapshotted): "
@@ -501,6 +531,9 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
                 lock_timeout=args.lock_timeout,
                 on_progress=progress,
                 known_plan=the_plan,
+                max_batch_seconds=args.max_batch_seconds or None,
+                pause_s=args.pause,
+                min_age_s=args.min_age,
             )
         except InterruptedRunError as exc:
             progress.close()
