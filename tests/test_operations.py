@@ -652,3 +652,78 @@ def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any
             assert statement.endswith("FOR UPDATE OF production_runs"), statement
         else:
             assert "JOIN" not in statement.upper() and "recipes" not in statement, statement
+
+
+# --- issue 14: honest messages and help --------------------------------------------------------
+
+
+def test_debug_after_the_command_is_accepted(tmp_path: Path) -> None:
+    missing = tmp_path / "bake.db"
+    result = cli("plan", "--database-url", str(missing), "--debug")
+    assert result.code == EXIT_BAD_INPUT, result
+    assert "unrecognized" not in result.stderr and "does not exist" in result.stderr, result
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_sqlite_url_hints_at_four_slashes_or_a_bare_path(tmp_path: Path) -> None:
+    result = cli("plan", "--database-url", "sqlite:///tmp/no-such-bake.db", cwd=tmp_path)
+    assert result.code == EXIT_BAD_INPUT, result
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, result
+    assert "sqlite:////tmp/no-such-bake.db" in line and "/tmp/no-such-bake.db" in line, result
+
+
+def test_a_driver_that_is_not_installed_is_named_with_how_to_install_it() -> None:
+    pytest.importorskip("sqlalchemy")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("psycopg2 is installed here")
+    result = cli("plan", "--database-url", "postgresql+psycopg2://baker@127.0.0.1:1/bakery")
+    assert result.code == EXIT_BAD_INPUT, result
+    line = result.stderr.strip()
+    assert "psycopg2" in line and "pip install psycopg2-binary" in line, result
+    assert "postgresql://" in line, result
+
+
+def test_help_shows_exit_codes_an_example_and_every_command_described() -> None:
+    top = cli("--help")
+    assert top.code == EXIT_OK, top
+    assert "exit codes" in top.stdout.lower() and "130" in top.stdout, top
+    assert "example" in top.stdout.lower(), top
+    for command in ("load-sample", "demo"):
+        sub = cli(command, "--help")
+        assert sub.code == EXIT_OK, sub
+        description = sub.stdout.split("\n\n")[1]
+        assert not description.lstrip().startswith(("options", "positional")), sub
+
+
+def test_load_sample_file_takes_a_url_as_text(tmp_path: Path) -> None:
+    from snapshot_backfill.sample_data import load_sample_file
+
+    path = tmp_path / "bake.db"
+    report = load_sample_file(f"sqlite:///{path}")
+    assert report.expected.total_runs > 0 and path.exists()
+
+
+def test_datagen_has_a_command_line(tmp_path: Path) -> None:
+    datagen = Path(__file__).resolve().parents[1] / "benchmarks" / "datagen.py"
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(datagen), *argv],
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT_S,
+        )
+
+    shown = run("--help")
+    assert shown.returncode == 0 and "--runs" in shown.stdout and "example" in shown.stdout
+    database = tmp_path / "bench.db"
+    made = run(str(database), "--runs", "200")
+    assert made.returncode == 0, made.stderr
+    assert cli("plan", "--database-url", str(database), "--json").json["total_runs"] == 200
+    again = run(str(database), "--runs", "200")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 2, again.stderr

@@ -127,19 +127,47 @@ class _Parser(argparse.ArgumentParser):
         raise BadInputError(f"{self.prog}: {message}")
 
 
+_EPILOG = f"""\
+The database URL may also come from {ENV_VAR};
+a bare path means a SQLite file. With neither, the application's default database is used
+(BAKING_TRACKER_ENV, see the README).
+
+exit codes:
+  0    done (verify: no problem; plan --check: nothing to write or link)
+  1    verify found problems, plan --check found work, or some runs could not be linked
+  2    usage or bad input: nothing was changed
+  3    another migrator holds the lock (--lock-timeout)
+  130  interrupted: committed batches are kept, a summary is printed; run again to finish
+
+example:
+  snapshot-backfill plan --database-url ~/bake_tracker.db
+  snapshot-backfill run  --database-url ~/bake_tracker.db
+  pg_dump -Fc -f bakery.dump bakery && \\
+    snapshot-backfill run --database-url postgresql://baker@db/bakery --backup-taken
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``snapshot-backfill`` argument parser."""
     parser = _Parser(
         prog="snapshot-backfill",
         description="Backfill recipe snapshots for bake-tracker production runs.",
-        epilog=f"The database URL may also come from {ENV_VAR}; a bare path means a SQLite file.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    def debug_option(sub: argparse.ArgumentParser) -> None:
+        # Accepted after the command too; SUPPRESS keeps the top level's value when absent.
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
+
     def database_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        debug_option(sub)
         sub.add_argument(
             "--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})"
         )
@@ -226,13 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the SQL it would run; change nothing"
     )
 
-    load = commands.add_parser("load-sample", help="create a database from a sample data file")
+    load_help = "create a database from a sample data file"
+    load = commands.add_parser(
+        "load-sample",
+        help=load_help,
+        description=f"{load_help.capitalize()} (the bundled one by default): a new SQLite "
+        "file, or an empty database; a database with any table is refused (exit 2).",
+    )
+    debug_option(load)
     load.add_argument("--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})")
     load.add_argument("--sample", type=Path, help="sample file (default: the bundled sample)")
 
+    demo_help = "build a SQLite database from the sample data, then plan, run and verify"
     demo = commands.add_parser(
-        "demo", help="build a SQLite database from the sample data, then plan, run and verify"
+        "demo",
+        help=demo_help,
+        description=f"{demo_help[0].upper()}{demo_help[1:]}: the whole job on a new file, "
+        "run twice to show the second changes nothing. It never overwrites a file.",
     )
+    debug_option(demo)
     demo.add_argument("--path", type=Path, help="directory for the demo database (default: temp)")
     demo.add_argument(
         "--from-old-schema",

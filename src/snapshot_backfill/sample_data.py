@@ -38,6 +38,7 @@ from .database import (
     display_url,
     is_sqlite,
     open_engine,
+    resolve_url,
     sqlite_path,
     sqlite_uri,
     write_transaction,
@@ -1471,7 +1472,7 @@ def load_sample(
 
 
 def load_sample_file(
-    url: URL,
+    url: Union[URL, str],
     sample_path: PathArg = DEFAULT_SAMPLE_PATH,
     *,
     metadata: sa.MetaData = Base.metadata,
@@ -1480,7 +1481,10 @@ def load_sample_file(
 
     The file is validated before the database is touched. A SQLite file this call created is
     deleted again if the load fails, so a failed load leaves no partial database behind.
+    ``url`` may be text, as ``--database-url`` takes it (a bare path is a SQLite file).
     """
+    if isinstance(url, str):
+        url = resolve_url(url)
     sample = read_sample(sample_path)
     created: list[Path] = []
     path = sqlite_path(url) if is_sqlite(url) else None
