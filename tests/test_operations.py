@@ -487,7 +487,10 @@ def test_an_interrupted_rollback_prints_a_summary_and_exits_130(
 def test_the_batch_size_halves_over_the_target_and_grows_gently_well_under_it() -> None:
     from snapshot_backfill.pacing import MAX_BATCH_SIZE, BatchSizer
 
+    probe = BatchSizer(5000, max_seconds=1.0)
+    assert probe.size == 500  # a small first batch: this database's speed is not known yet
     sizer = BatchSizer(1000, max_seconds=1.0)
+    sizer.size = 1000
     sizer.observe(3.0, 1000)
     assert sizer.size == 500
     sizer.observe(0.8, 500)  # under the target, not well under: kept
@@ -501,6 +504,7 @@ def test_the_batch_size_halves_over_the_target_and_grows_gently_well_under_it() 
     tiny.observe(5.0, 1)
     assert tiny.size == 1
     big = BatchSizer(MAX_BATCH_SIZE, max_seconds=10.0)
+    big.size = MAX_BATCH_SIZE
     big.observe(0.0, MAX_BATCH_SIZE)
     assert big.size == MAX_BATCH_SIZE
     fixed = BatchSizer(7)

@@ -2,9 +2,10 @@
 
 A batch is one write transaction, and while it lasts the application waits for the rows (or,
 on SQLite, the whole file) it holds. ``BatchSizer`` keeps each batch near a target duration,
-between batches, as batched-migration frameworks do: a batch over the target halves the next
-one; a batch well under it (less than half) grows the next by a quarter; the size stays
-within 1..``MAX_BATCH_SIZE``.
+between batches, as batched-migration frameworks do: the first batch is small (at most
+``FIRST_BATCH_WITH_TARGET``); a batch over the target halves the next one; a full batch well
+under it (less than half) grows the next by a quarter; the size stays within
+1..``MAX_BATCH_SIZE``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ MAX_BATCH_SIZE = 10000
 # A batch at most this long by default: well inside the application's 5 s busy timeout, and
 # a wait the application hardly notices.
 DEFAULT_MAX_BATCH_SECONDS = 0.5
+# With a target duration, the first batch is at most this large.
+FIRST_BATCH_WITH_TARGET = 500
 # Leave runs younger than this to the application (by created_at): it may be about to write
 # their snapshot itself, in a second transaction.
 DEFAULT_MIN_AGE_S = 300.0
@@ -26,6 +29,10 @@ class BatchSizer:
 
     def __init__(self, size: int, max_seconds: Optional[float] = None) -> None:
         self.size = max(1, min(size, MAX_BATCH_SIZE))
+        if max_seconds is not None:
+            # Nothing is known of this database's speed yet: the first batch is a small probe,
+            # and the size grows from there (one batch of 5,000 took 1 s on a loaded server).
+            self.size = min(self.size, FIRST_BATCH_WITH_TARGET)
         self.max_seconds = max_seconds
         self.longest_s = 0.0
 
