@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from test_reliability import cli, recipe_with_most_runs_to_migrate, relax_produced_at
 
-from snapshot_backfill import __version__
+from snapshot_backfill import __version__, backfill
 from snapshot_backfill.backfill import MAX_PROBLEMS_LISTED, RunError
 from snapshot_backfill.database import display_url
 from snapshot_backfill.errors import EXIT_FAILED, EXIT_OK
@@ -156,7 +156,7 @@ class Messy:
     def __init__(self, backend: Backend, info: states.StateInfo) -> None:
         self.backend = backend
         self.info = info
-        engine = backend.make_engine()
+        engine = self.engine = backend.make_engine()
         self.bad_recipe, self.bad_runs = recipe_with_most_runs_to_migrate(info)
         self.undated = next(r for r in sorted(info.to_migrate) if r not in self.bad_runs)
         relax_produced_at(engine)
@@ -195,6 +195,7 @@ def test_plan_json(messy: Messy) -> None:
     assert [(e["recipe_id"], e["runs"]) for e in plan["recipe_errors"]] == [
         (messy.bad_recipe, len(messy.bad_runs))
     ]
+    assert backfill.plan(messy.engine).to_dict() == plan
     for row in plan["per_recipe"]:
         check_shape(row, PER_RECIPE, "plan.per_recipe[]")
     assert [r["recipe_id"] for r in plan["per_recipe"]] == sorted(
@@ -229,9 +230,26 @@ def test_run_json_and_its_report_file(messy: Messy, tmp_path: Path) -> None:
     assert (report["skipped_orphans"], report["skipped_undated"]) == (len(info.orphaned), 1)
     assert report["batches"] == -(-len(info.unlinked) // 7)
     assert report["interrupted"] is False and report["duration_s"] >= 0
+    # Milliseconds: a duration is not reported to the nanosecond.
+    assert report["duration_s"] == round(report["duration_s"], 3)
     assert report["tool_version"] == __version__
     assert len(report["run_token"]) == 36
     assert report["database"] == display_url(messy.backend.url)
+
+
+def test_the_library_reports_are_the_commands_objects(messy: Messy) -> None:
+    # What run and rollback return (the CLI adds tool_version and database to run's).
+    report = backfill.run(messy.engine, batch_size=7).to_dict()
+    check_shape(
+        report, {k: t for k, t in RUN.items() if k not in ("tool_version", "database")}, "run"
+    )
+    for error in report["errors"]:
+        check_shape(error, RUN_ERROR, "run.errors[]")
+    assert report["duration_s"] == round(report["duration_s"], 3)
+    undone = backfill.rollback(messy.engine, batch_size=10).to_dict()
+    check_shape(undone, ROLLBACK, "rollback")
+    assert undone["duration_s"] == round(undone["duration_s"], 3)
+    assert undone["journal_entries"] == report["migrated"] + report["linked_existing"]
 
 
 def test_a_run_error_names_its_recipe_only_when_the_recipe_is_the_cause() -> None:
@@ -249,6 +267,7 @@ def test_verify_json(messy: Messy) -> None:
     assert result.code == EXIT_FAILED, result
     verified = result.json
     check_shape(verified, VERIFY, "verify")
+    assert backfill.verify(messy.engine).to_dict() == verified
     for problem in verified["problems"]:
         check_shape(problem, PROBLEM, "verify.problems[]")
         assert problem["kind"] in PROBLEM_KINDS, problem
@@ -277,6 +296,7 @@ def test_rollback_json(messy: Messy) -> None:
         report["left_alone"],
         report["batches"],
     ) == (linked, linked, created, 0, -(-linked // 10))
+    assert report["duration_s"] == round(report["duration_s"], 3) >= 0
 
 
 def test_upgrade_schema_json(backend: Backend, build_state: Any) -> None:

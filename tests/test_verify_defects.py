@@ -135,6 +135,9 @@ def expect_problems(
     result = verify_cli(migrated.backend, "--json")
     assert result.code == EXIT_FAILED, result
     document = result.json
+    # The library says what the command printed (and mutation testing, which sees only the
+    # calls made in the test's own process, can tell which tests check verify).
+    assert backfill.verify(migrated.engine).to_dict() == document
     problems = document["problems"]
     assert document["ok"] is False, result
     assert document["problems_total"] == len(expected) == len(problems), result
