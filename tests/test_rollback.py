@@ -11,6 +11,7 @@ application linked to another snapshot (left alone), a created snapshot another 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,9 +54,13 @@ class Transactions:
         return [t for t in self.committed if any(_deletes_journal(s) for s in t)]
 
 
-def _deletes_journal(statement: str) -> bool:
+def _deletes(statement: str, table: str) -> bool:
     words = " ".join(statement.split()).upper()
-    return words.startswith("DELETE FROM") and JOURNAL_TABLE_NAME.upper() in words
+    return words.startswith("DELETE FROM") and table.upper() in words.split(" WHERE ")[0]
+
+
+def _deletes_journal(statement: str) -> bool:
+    return _deletes(statement, JOURNAL_TABLE_NAME)
 
 
 @pytest.fixture
@@ -196,6 +201,19 @@ def test_each_batch_is_one_committed_transaction_of_batch_size_entries(
     assert [(p.done, p.total, p.batches) for p in progress] == [
         (min(k * batch_size, n), n, k) for k in range(1, batches + 1)
     ]
+    # Every created snapshot is deleted, none of the two the run only linked; a batch that
+    # created none sends no DELETE to recipe_snapshots at all.
+    assert (report.snapshots_deleted, report.runs_unlinked) == (51, 53)
+    created_batches = {
+        i
+        for i, entries in enumerate(_batches_of(run_done, batch_size))
+        if any(run_done.journaled[r][1] for r in entries)
+    }
+    assert {
+        i
+        for i, t in enumerate(transactions.journal_batches)
+        if any(_deletes(s, "recipe_snapshots") for s in t)
+    } == created_batches
     _assert_restored(run_done, f"rollback in batches of {batch_size}")
 
 
@@ -214,6 +232,12 @@ def test_a_batch_size_out_of_range_is_refused_before_anything_is_undone(
     with pytest.raises(BadInputError, match=f"not {batch_size}$"):
         _rollback(run_done, batch_size)
     assert _journal_rows(run_done.engine) == journaled
+
+
+def _batches_of(run_done: RunDone, batch_size: int) -> list[list[int]]:
+    """The run ids of each batch: the journal is undone in id order, which is run order."""
+    ordered = sorted(run_done.journaled)
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
 def _check_partly_rolled_back(run_done: RunDone, undone: list[int]) -> None:
@@ -244,6 +268,13 @@ def test_an_interruption_between_two_batches_keeps_the_first_and_a_second_rollba
 ) -> None:
     def stop_after_first(progress: backfill.Progress) -> None:
         raise Interrupted(progress)
+
+    # Rewrite the first entries: PostgreSQL stores the new row versions at the end of the
+    # table, so only an ORDER BY makes them the first batch again.
+    with run_done.engine.begin() as conn:
+        conn.execute(
+            sa.update(journal).where(journal.c.id <= 7).values(run_token=journal.c.run_token)
+        )
 
     with pytest.raises(Interrupted):
         _rollback(run_done, 7, stop_after_first)
@@ -452,9 +483,12 @@ def test_without_a_journal_rollback_changes_nothing(
     before = fingerprint.take(engine)
     transactions.committed.clear()
 
+    started = time.monotonic()
     report = backfill.rollback(engine, batch_size=7)
+    elapsed = time.monotonic() - started
 
     assert (report.journal_entries, report.batches, report.runs_unlinked) == (0, 0, 0)
+    assert 0 <= report.duration_s <= elapsed
     fingerprint.assert_same(before, fingerprint.take(engine), "rollback without a journal wrote")
     assert not _journal_exists(engine)
     assert transactions.journal_batches == []
@@ -472,3 +506,22 @@ def test_a_second_rollback_finds_nothing(run_done: RunDone) -> None:
         "duration_s": round(again.duration_s, 3),
     }
     _assert_restored(run_done, "two rollbacks")
+
+
+def test_a_batch_deletes_only_the_snapshots_of_its_own_entries(run_done: RunDone) -> None:
+    # The application unlinked a run of the last batch: its created snapshot is linked to
+    # nothing, yet it is that batch's to delete, not the first's.
+    run_id = sorted(run_done.info.to_migrate)[-1]
+    snapshot_id = run_done.snapshot_of(run_id)
+    with run_done.engine.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.id == run_id).values(recipe_snapshot_id=None))
+
+    def stop_after_first(progress: backfill.Progress) -> None:
+        raise Interrupted(progress)
+
+    with pytest.raises(Interrupted):
+        _rollback(run_done, 7, stop_after_first)
+    assert snapshot_id in _snapshot_ids(run_done.engine)
+    report = _rollback(run_done, 7)
+    assert snapshot_id not in _snapshot_ids(run_done.engine)
+    assert report.left_alone == 1
