@@ -498,6 +498,9 @@ def test_the_batch_size_halves_over_the_target_and_grows_gently_well_under_it() 
     assert sizer.size == 625
     sizer.observe(0.1, 12)  # a short last batch says nothing about the size
     assert sizer.size == 625
+    for _ in range(5):
+        sizer.observe(0.1, sizer.size)
+    assert sizer.size == 1000  # never above the size asked for
     assert sizer.longest_s == 3.0
     tiny = BatchSizer(1, max_seconds=0.01)
     tiny.observe(5.0, 1)

@@ -4,8 +4,8 @@ A batch is one write transaction, and while it lasts the application waits for t
 on SQLite, the whole file) it holds. ``BatchSizer`` keeps each batch near a target duration,
 between batches, as batched-migration frameworks do: the first batch is small (at most
 ``FIRST_BATCH_WITH_TARGET``); a batch over the target halves the next one; a full batch well
-under it (less than half) grows the next by a quarter; the size stays within
-1..``MAX_BATCH_SIZE``.
+under it (less than half) grows the next by a quarter; the size stays within 1 and the
+size asked for (``--batch-size``, at most ``MAX_BATCH_SIZE``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class BatchSizer:
     """The size of the next batch, given how long the last one took (``None``: fixed size)."""
 
     def __init__(self, size: int, max_seconds: Optional[float] = None) -> None:
-        self.size = max(1, min(size, MAX_BATCH_SIZE))
+        # --batch-size is the ceiling: the target only ever makes batches smaller than asked.
+        self.ceiling = max(1, min(size, MAX_BATCH_SIZE))
+        self.size = self.ceiling
         if max_seconds is not None:
             # Nothing is known of this database's speed yet: the first batch is a small probe,
             # and the size grows from there (one batch of 5,000 took 1 s on a loaded server).
@@ -45,4 +47,4 @@ class BatchSizer:
             self.size = max(1, self.size // 2)
         elif seconds < self.max_seconds / 2 and rows >= self.size:
             # Only a full batch says the size was the limit; the last, short one says nothing.
-            self.size = min(MAX_BATCH_SIZE, self.size + max(1, self.size // 4))
+            self.size = min(self.ceiling, self.size + max(1, self.size // 4))
