@@ -1,0 +1,1 @@
+"""The verification harness: named database states, invariants, digests and the rehearsal battery."""
