@@ -194,6 +194,8 @@ class RunReport:
     batches: int = 0
     duration_s: float = 0.0
     interrupted: bool = False
+    # The longest batch's transaction: how long the application may wait on its write lock.
+    longest_batch_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -211,6 +213,7 @@ class RunReport:
             "batches": self.batches,
             "duration_s": round(self.duration_s, 3),
             "interrupted": self.interrupted,
+            "longest_batch_s": round(self.longest_batch_s, 3),
             "run_token": self.run_token,
         }
 
@@ -719,6 +722,7 @@ def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator
             capacity = column_capacity(conn)
         try:
             while True:
+                batch_started = time.monotonic()
                 with write_transaction(conn):
                     batch = _next_batch(conn, after, batch_size)
                     if batch is None:
@@ -729,6 +733,9 @@ def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator
                     stored |= built.payloads.keys()
                     failed.update(built.failures)
                     _link_isolating_failures(conn, batch, report, failed)
+                report.longest_batch_s = max(
+                    report.longest_batch_s, time.monotonic() - batch_started
+                )
                 after = batch.last_id
                 report.batches += 1
                 done = report.migrated + report.linked_existing + len(report.errors)

@@ -325,7 +325,8 @@ def _sqlite_scratch(source: Engine) -> Iterator[Scratch]:
             with engine.connect() as conn:
                 scratch.tables = sorted(sa.inspect(conn).get_table_names())
                 scratch.triggers = [
-                    r[0] for r in conn.exec_driver_sql(
+                    r[0]
+                    for r in conn.exec_driver_sql(
                         "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
                     )
                 ]
@@ -420,7 +421,9 @@ def _mark(conn: Connection, items: Sequence[tuple[str, Any]]) -> None:
         )
 
 
-def stream_table(reader: Connection, table: str, columns: Sequence[str], chunk_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+def stream_table(
+    reader: Connection, table: str, columns: Sequence[str], chunk_rows: int
+) -> Iterator[list[tuple[Any, ...]]]:
     """Yield a table's rows in chunks, through a server-side cursor (memory flat)."""
     quote = reader.dialect.identifier_preparer.quote
     result = reader.execution_options(yield_per=chunk_rows).exec_driver_sql(
@@ -438,9 +441,7 @@ def _insertable(reader: Connection, table: str) -> list[str]:
     return [c["name"] for c in sa.inspect(reader).get_columns(table) if not c.get("computed")]
 
 
-def _copy_rows(
-    reader: Connection, writer: Connection, table: str, chunk_rows: int
-) -> int:
+def _copy_rows(reader: Connection, writer: Connection, table: str, chunk_rows: int) -> int:
     columns = _insertable(reader, table)
     statement = sa.table(table, *(sa.column(c) for c in columns)).insert()
     copied = 0
@@ -593,7 +594,9 @@ def _copy_mariadb(reader: Connection, target: Engine, scratch: Scratch, chunk_ro
         # The rows are copied as they are: a run whose recipe was deleted with the keys off
         # stays an orphan in the copy (the keys are not checked when they come back on).
         writer.exec_driver_sql("SET SESSION FOREIGN_KEY_CHECKS = 0")
-        writer.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
+        writer.exec_driver_sql(
+            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')"
+        )
         for definition in definitions:
             writer.exec_driver_sql(definition)
         for table in tables:
