@@ -1,1 +1,1 @@
-"""The verification harness: named database states, invariants, digests and the rehearsal battery."""
+"""The verification harness: named states, invariants, digests and the rehearsal battery."""

@@ -174,7 +174,8 @@ def _compare_run(check: str, report: backfill.RunReport, plan: backfill.Plan) ->
     failing_recipes = {e.recipe_id for e in plan.recipe_errors}
     unexpected = [e for e in report.errors if e.recipe_id not in failing_recipes]
     if found == expected and not unexpected:
-        return Finding(check, True, f"wrote the plan's counts: {found}")
+        counts = ", ".join(f"{key} {value}" for key, value in found.items())
+        return Finding(check, True, f"wrote the plan's counts: {counts}")
     differences = ", ".join(
         f"{key} {found[key]} (plan: {expected[key]})"
         for key in found
