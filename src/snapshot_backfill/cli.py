@@ -559,9 +559,13 @@ def cmd_rehearse(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
         done = "removed" if leftover.removed else "not removed"
         out.say(f"Leftover scratch {leftover.name}: {done} ({leftover.reason})")
 
-    with _opened(args) as engine:
-        database = display_url(engine.url)
-        out.say(f"Rehearsing {database} on a scratch copy (it is only read)")
+    from .testing.scratch import open_source
+
+    busy_timeout = max(args.lock_timeout, MIN_SQLITE_BUSY_TIMEOUT_S)
+    # Not _opened: a SQLite source is read through a read-only connection (see open_source).
+    engine = open_source(resolve_url(args.database_url), busy_timeout=busy_timeout)
+    try:
+        out.say(f"Rehearsing {display_url(engine.url)} on a scratch copy (it is only read)")
         result = rehearse(
             engine,
             scratch_url=scratch_url,
@@ -571,6 +575,8 @@ def cmd_rehearse(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             on_check=on_check,
             on_leftover=on_leftover,
         )
+    finally:
+        engine.dispose()
     if args.report is not None:
         write_text_file(args.report, result.to_markdown())
     if out.as_json:

@@ -42,7 +42,15 @@ from typing import Any, Optional
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from ..database import display_url, is_sqlite, open_engine, read_only, sqlite_path, sqlite_uri
+from ..database import (
+    check_connection,
+    display_url,
+    is_sqlite,
+    open_engine,
+    read_only,
+    sqlite_path,
+    sqlite_uri,
+)
 from ..errors import BadInputError
 from ..journal import JOURNAL_TABLE_NAME
 from ..models import ingredients, production_runs, recipe_ingredients, recipe_snapshots, recipes
@@ -131,6 +139,56 @@ def _is_dead_here(owner: Optional[tuple[str, int]]) -> Optional[str]:
     if _pid_alive(pid):
         return None
     return f"left by process {pid}, which no longer exists"
+
+
+# --- reading the source -----------------------------------------------------------------------
+
+
+def sqlite_read_uri(path: Path) -> Optional[str]:
+    """A URI that reads ``path`` without writing it, or its -wal/-shm; None: open it normally.
+
+    A read-only connection (``mode=ro``) writes nothing to the file. In WAL mode, a reader
+    still records its read mark in the shared-memory index (``-shm``), so while another
+    connection has it open (the file exists) the index is opened read-only too
+    (``readonly_shm``: SQLite then reads the WAL itself). A WAL database nobody has open has
+    no -shm: a read-only connection would create -wal and -shm and could not remove them, so
+    it is opened as ``plan`` opens it, which removes them again, leaving the bytes as they were.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(20)
+    wal_mode = len(header) == 20 and header[18] == 2
+    shm = Path(str(path) + "-shm")
+    if wal_mode and not shm.exists():
+        return None
+    return f"{sqlite_uri(path)}?mode=ro" + ("&readonly_shm=1" if wal_mode else "")
+
+
+def open_source(url: URL, *, busy_timeout: float) -> Engine:
+    """An engine that reads the source, checked reachable (SQLite: read-only, see above)."""
+    engine = open_engine(url, busy_timeout=busy_timeout)
+    path = sqlite_path(url) if is_sqlite(url) else None
+    uri = sqlite_read_uri(path) if path is not None else None
+    if uri is not None:
+        engine.dispose()
+
+        def connect() -> sqlite3.Connection:
+            connection = sqlite3.connect(
+                uri, uri=True, timeout=busy_timeout, check_same_thread=False
+            )
+            connection.isolation_level = None
+            return connection
+
+        engine = sa.create_engine(
+            URL.create("sqlite", database=uri, query={"uri": "true"}),
+            creator=connect,
+            poolclass=sa.pool.NullPool,
+        )
+    try:
+        check_connection(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 # --- leftovers ------------------------------------------------------------------------------
@@ -309,7 +367,8 @@ def _sqlite_scratch(source: Engine) -> Iterator[Scratch]:
     started = time.monotonic()
     try:
         # Read-only at the file level: this connection cannot write the source, whatever runs.
-        reader = sqlite3.connect(f"{sqlite_uri(source_path)}?mode=ro", uri=True)
+        uri = sqlite_read_uri(source_path)
+        reader = sqlite3.connect(uri, uri=True) if uri else sqlite3.connect(str(source_path))
         try:
             writer = sqlite3.connect(str(target))
             try:
