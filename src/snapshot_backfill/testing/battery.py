@@ -133,12 +133,15 @@ def _ids(ids: Sequence[Optional[int]]) -> tuple[int, ...]:
     return tuple(unique[:MAX_RUN_IDS])
 
 
-def _count_text(ids: Sequence[Any]) -> str:
-    return f"{len(ids)} runs" + (f" (first {MAX_RUN_IDS} listed)" if len(ids) > MAX_RUN_IDS else "")
+def _count_text(count: int) -> str:
+    return f"{count} runs" + (f" (first {MAX_RUN_IDS} listed)" if count > MAX_RUN_IDS else "")
 
 
-def unlinked_work(engine: Engine, plan: Optional[backfill.Plan] = None) -> list[int]:
-    """Runs a run should have linked and has not: unlinked, recipe present, dated."""
+def unlinked_work(engine: Engine, plan: Optional[backfill.Plan] = None) -> tuple[int, list[int]]:
+    """Runs a run should have linked and has not (unlinked, recipe present, dated).
+
+    Returns how many, and the first ``MAX_RUN_IDS`` of them by id (memory flat).
+    """
     failing = [e.recipe_id for e in plan.recipe_errors] if plan is not None else []
     runs = production_runs
     query = (
@@ -150,7 +153,9 @@ def unlinked_work(engine: Engine, plan: Optional[backfill.Plan] = None) -> list[
     if failing:
         query = query.where(runs.c.recipe_id.not_in(failing))
     with read_only(engine) as conn:
-        return list(conn.execute(query).scalars())
+        count = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar()
+        first = list(conn.execute(query.limit(MAX_RUN_IDS)).scalars())
+    return int(count or 0), first
 
 
 @contextmanager
@@ -209,7 +214,7 @@ def check_verify_fails_before(engine: Engine, plan: Optional[backfill.Plan] = No
             "verify_fails_before",
             False,
             f"verify passed although {plan.work} runs are to be linked",
-            _ids(unlinked_work(engine, plan)),
+            _ids(unlinked_work(engine, plan)[1]),
         )
     if plan.work:
         return Finding(
@@ -233,12 +238,12 @@ def _run_matches_plan(
         report = backfill.run(engine, batch_size=batch_size)
     except (BackfillError, DBAPIError) as exc:
         message = describe_db_error(exc) if isinstance(exc, DBAPIError) else str(exc)
-        left = unlinked_work(engine, plan)
+        count, left = unlinked_work(engine, plan)
         return (
             Finding(
                 check,
                 False,
-                f"run stopped: {message}; {_count_text(left)} left unlinked",
+                f"run stopped: {message}; {_count_text(count)} left unlinked",
                 _ids(left),
             ),
             None,
@@ -279,7 +284,7 @@ def check_second_run_writes_nothing(
             False,
             f"the second run migrated {report.migrated}, linked {report.linked_existing}, "
             f"changed tables: {', '.join(changed) or 'none'}",
-            _ids(unlinked_work(engine)),
+            _ids(unlinked_work(engine)[1]),
         )
     return Finding(check, True, "nothing written")
 
@@ -347,7 +352,7 @@ def check_interrupted_run_resumes(
             backfill.run(engine, batch_size=batch_size)
         except (BackfillError, DBAPIError) as exc:
             message = describe_db_error(exc) if isinstance(exc, DBAPIError) else str(exc)
-            left = unlinked_work(engine, plan)
+            _, left = unlinked_work(engine, plan)
             return Finding(check, False, f"the resumed run stopped: {message}", _ids(left))
     expected = expected_counts(plan)
     with read_only(engine) as conn:
@@ -371,6 +376,7 @@ def check_interrupted_run_resumes(
                     sa.select(journal.c.production_run_id)
                     .group_by(journal.c.production_run_id)
                     .having(sa.func.count() > 1)
+                    .limit(MAX_RUN_IDS)
                 ).scalars()
             )
         snaps = recipe_snapshots
@@ -379,12 +385,13 @@ def check_interrupted_run_resumes(
                 sa.select(snaps.c.production_run_id)
                 .group_by(snaps.c.production_run_id)
                 .having(sa.func.count() > 1)
+                .limit(MAX_RUN_IDS)
             ).scalars()
         )
     snapshots_after = _count(engine, recipe_snapshots.name)
     problems = []
     if twice:
-        problems.append(f"{_count_text(twice)} journaled or snapshotted twice")
+        problems.append(f"{_count_text(len(twice))} journaled or snapshotted twice")
     if created != expected["migrated"] or snapshots_after - snapshots_before != created:
         problems.append(
             f"{created} snapshots journaled, {snapshots_after - snapshots_before} created "
@@ -398,7 +405,7 @@ def check_interrupted_run_resumes(
         else "the run finished before it could be killed"
     )
     if problems:
-        left = unlinked_work(engine, plan)
+        _, left = unlinked_work(engine, plan)
         return Finding(
             check, False, f"{how}, then resumed: {'; '.join(problems)}", _ids(twice + left)
         )
@@ -426,7 +433,8 @@ def _journaled(engine: Engine) -> int:
 def _journaled_runs(engine: Engine) -> list[int]:
     with engine.connect() as conn:
         found = conn.exec_driver_sql(
-            f"SELECT production_run_id FROM {JOURNAL_TABLE_NAME} ORDER BY production_run_id"
+            f"SELECT production_run_id FROM {JOURNAL_TABLE_NAME} ORDER BY production_run_id "
+            f"LIMIT {MAX_RUN_IDS}"
         ).scalars()
         return list(found)
 
