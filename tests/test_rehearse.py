@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill.database import open_engine
 from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from snapshot_backfill.testing.scratch import SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
+from snapshot_backfill.testing.scratch import MARKER_TABLE, SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
 
 import fingerprint
 from backends import Backend
@@ -368,3 +368,29 @@ def test_bad_options_are_refused_before_anything_is_read(
     assert code == EXIT_BAD_INPUT and option in err and len(err.strip().splitlines()) == 1
     assert out == ""
     fingerprint.assert_same(before, take(backend), "a refused rehearsal changed its source")
+
+
+def test_a_killed_rehearsal_in_a_scratch_url_is_emptied_by_the_next(
+    backend: Backend, sample: StateInfo, scratch_dir: Path
+) -> None:
+    if backend.is_sqlite:
+        pytest.skip("a SQLite source is copied into a temporary file")
+    scratch = backend.sibling()
+    engine = scratch.make_engine()
+    process = start(backend, scratch_dir, "--scratch-url", scratch.cli_url)
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        with engine.connect() as conn:
+            if MARKER_TABLE in sa.inspect(conn).get_table_names():
+                break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=PROCESS_TIMEOUT_S)
+    with engine.connect() as conn:
+        assert MARKER_TABLE in sa.inspect(conn).get_table_names()  # what a kill leaves
+    code, out, err = rehearse(backend, scratch_dir, "--scratch-url", scratch.cli_url)
+    assert code == EXIT_OK, err
+    assert f"left by process {process.pid}, which no longer exists" in out
+    engine.dispose()
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []

@@ -456,11 +456,21 @@ def _filled(source: Engine, scratch: Scratch, chunk_rows: int) -> Iterator[Scrat
     target = open_engine(scratch.url, poolclass=sa.pool.NullPool)
     try:
         with target.connect() as conn, conn.begin():
-            conn.exec_driver_sql(
+            # The marker is created with its owner in one statement: MariaDB commits DDL at
+            # once, and a marker without an owner (a kill in between) could not be cleaned.
+            create = (
                 f"CREATE TABLE {MARKER_TABLE} (id INTEGER NOT NULL PRIMARY KEY, "
                 "k VARCHAR(20) NOT NULL, v VARCHAR(500) NOT NULL)"
             )
-            _mark(conn, [("host", host_tag()), ("pid", str(os.getpid()))])
+            owner = (
+                f"SELECT 1 AS id, 'host' AS k, '{host_tag()}' AS v "
+                f"UNION ALL SELECT 2, 'pid', '{os.getpid()}'"
+            )
+            if conn.dialect.name == "postgresql":  # DDL is transactional: one transaction
+                conn.exec_driver_sql(create)
+                conn.exec_driver_sql(f"INSERT INTO {MARKER_TABLE} (id, k, v) {owner}")
+            else:
+                conn.exec_driver_sql(f"{create} {owner}")
         with read_only(source) as reader:
             present = set(sa.inspect(reader).get_table_names())
             wanted = [t for t in (*BACKFILL_TABLES, JOURNAL_TABLE_NAME) if t in present]
