@@ -120,6 +120,13 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _positive_seconds(value: str) -> float:
+    number = _seconds(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {value}")
+    return number
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 through our error path (one line, no usage dump to stdout)."""
 
@@ -252,6 +259,34 @@ def build_parser() -> argparse.ArgumentParser:
     writing_options(upgrade, batched=False)
     upgrade.add_argument(
         "--dry-run", action="store_true", help="print the SQL it would run; change nothing"
+    )
+
+    rehearse = database_command(
+        "rehearse",
+        "prove the backfill on a scratch copy of the database (the database is only read)",
+    )
+    rehearse.add_argument(
+        "--scratch-url",
+        metavar="URL",
+        help="PostgreSQL/MariaDB: an empty database to copy into (default: a new database on "
+        "the same server, dropped afterwards)",
+    )
+    rehearse.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=backfill.DEFAULT_BATCH_SIZE,
+        help="runs per committed transaction to rehearse with (default: %(default)s)",
+    )
+    rehearse.add_argument(
+        "--max-batch-seconds",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="longest batch (write lock) acceptable; above it a batch size is recommended "
+        "(default: %(default)s)",
+    )
+    rehearse.add_argument(
+        "--report", type=Path, metavar="FILE.md", help="write a Markdown summary to FILE.md"
     )
 
     load_help = "create a database from a sample data file"
@@ -703,6 +738,59 @@ def _upgrade_document(plan: Any, *, executed: int, dry_run: bool = False) -> dic
     }
 
 
+def cmd_rehearse(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
+    from .rehearsal import rehearse
+
+    _check_report_path(args.report)
+    scratch_url = resolve_url(args.scratch_url) if args.scratch_url else None
+
+    def on_check(finding: Any) -> None:
+        ids = f" (runs {_ids(list(finding.run_ids))})" if finding.run_ids else ""
+        out.say(f"  {'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}{ids}")
+
+    def on_leftover(leftover: Any) -> None:
+        done = "removed" if leftover.removed else "not removed"
+        out.say(f"Leftover scratch {leftover.name}: {done} ({leftover.reason})")
+
+    from .testing.scratch import open_source
+
+    busy_timeout = max(args.lock_timeout, MIN_SQLITE_BUSY_TIMEOUT_S)
+    # Not _opened: a SQLite source is read through a read-only connection (see open_source).
+    engine = open_source(resolve_url(args.database_url), busy_timeout=busy_timeout)
+    try:
+        out.say(f"Rehearsing {display_url(engine.url)} on a scratch copy (it is only read)")
+        result = rehearse(
+            engine,
+            scratch_url=scratch_url,
+            batch_size=args.batch_size,
+            max_batch_seconds=args.max_batch_seconds,
+            on_phase=lambda phase: out.say("Checks:") if phase == "battery" else None,
+            on_check=on_check,
+            on_leftover=on_leftover,
+        )
+    finally:
+        engine.dispose()
+    if args.report is not None:
+        write_text_file(args.report, result.to_markdown())
+    if out.as_json:
+        out.json(result.to_dict())
+    else:
+        scratch = result.scratch
+        if scratch is not None:
+            out.say(
+                f"Scratch copy: {scratch.name} ({scratch.kind}; {scratch.rows_copied} rows of "
+                f"{len(scratch.tables)} tables, {len(scratch.triggers)} triggers): removed"
+            )
+        out.say("Phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+        for name, value in result.measures():
+            out.say(f"{name[:1].upper() + name[1:]}: {value}")
+        for finding in result.battery.failed:
+            ids = f" (runs {_ids(list(finding.run_ids))})" if finding.run_ids else ""
+            out.say(f"FAILED {finding.check}: {finding.detail}{ids}")
+        out.say(f"Verdict: {result.verdict}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
 def cmd_load_sample(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     from .sample_data import DEFAULT_SAMPLE_PATH, load_sample_file
 
@@ -768,6 +856,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output, TextIO], int]] = {
     "verify": cmd_verify,
     "rollback": cmd_rollback,
     "upgrade-schema": cmd_upgrade,
+    "rehearse": cmd_rehearse,
     "load-sample": cmd_load_sample,
     "demo": cmd_demo,
 }
