@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill.database import open_engine
 from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing import fingerprint, running
 from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
 from snapshot_backfill.testing.scratch import MARKER_TABLE, SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
@@ -166,7 +166,7 @@ def test_go_on_the_sample_database_and_the_source_is_unchanged(
     backend: Backend, sample: StateInfo, scratch_dir: Path, tmp_path: Path
 ) -> None:
     before = take(backend)
-    files = fingerprint.sqlite_files(backend.path) if backend.path is not None else {}
+    files = running.sqlite_files(backend.path) if backend.path is not None else {}
     report = tmp_path / "rehearsal.md"
     # Any batch takes longer than a microsecond: a smaller batch size is recommended.
     code, out, err = rehearse(
@@ -187,7 +187,7 @@ def test_go_on_the_sample_database_and_the_source_is_unchanged(
     assert "**go**" in report.read_text()
     fingerprint.assert_same(before, take(backend), "rehearse changed its source")
     if backend.path is not None:
-        assert fingerprint.sqlite_files(backend.path) == files
+        assert running.sqlite_files(backend.path) == files
     assert scratch_names(backend, scratch_dir, os.getpid()) == []
     assert found["scratch"]["name"] not in scratch_names(backend, scratch_dir)
 
@@ -221,12 +221,12 @@ def test_sqlite_wal_source_keeps_its_bytes_and_side_files(
     )
     try:
         assert application.stdout is not None and application.stdout.readline() == "ready\n"
-        files = fingerprint.sqlite_files(backend.path)
+        files = running.sqlite_files(backend.path)
         assert {f"{backend.path.name}-wal", f"{backend.path.name}-shm"} <= set(files)
         assert len(files[f"{backend.path.name}-wal"]) > 0
         code, out, err = rehearse(backend, scratch_dir, "--json")
         assert code == EXIT_OK, err
-        assert fingerprint.sqlite_files(backend.path) == files
+        assert running.sqlite_files(backend.path) == files
     finally:
         application.communicate("", timeout=PROCESS_TIMEOUT_S)
     assert document(out)["verdict"] == "go"
