@@ -1,4 +1,9 @@
-"""Print a one-screen summary of a CI run from tox's junit files and coverage report."""
+"""Print a one-screen summary of a CI run from tox's junit files; exit 1 if a server env skipped.
+
+Usage: ``python .ci/summary.py WORK_DIR TESTS_RC BENCH_RC SECONDS``. A server env is skipped when
+it did not run or its tests were skipped for want of a server (``coverage_gate.missing_envs``):
+in CI every backend must have run, whatever the coverage env allowed.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from coverage_gate import SERVER_ENVS, missing_envs
 
-def main(work_dir: str, tests_rc: str, bench_rc: str, seconds: str) -> None:
+
+def main(work_dir: str, tests_rc: str, bench_rc: str, seconds: str) -> int:
     totals = {"passed": 0, "failed": 0, "skipped": 0}
     print("\n==================== gate summary ====================")
     for junit in sorted(Path(work_dir).glob("junit-*.xml")):
@@ -17,15 +24,21 @@ def main(work_dir: str, tests_rc: str, bench_rc: str, seconds: str) -> None:
         failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
         skipped = int(suite.get("skipped", 0))
         passed = tests - failed - skipped
-        env = junit.stem.removeprefix("junit-")
+        env = junit.stem[len("junit-") :]
         print(f"  {env:<20} {passed:>5} passed {failed:>4} failed {skipped:>4} skipped")
         totals["passed"] += passed
         totals["failed"] += failed
         totals["skipped"] += skipped
     print(f"  tox gate exit code: {tests_rc}; benchmark quick mode exit code: {bench_rc}")
     print(f"  wall time: {int(seconds) // 60} min {int(seconds) % 60} s")
+    skipped_servers = {
+        env: why for env, why in missing_envs(Path(work_dir)).items() if env in SERVER_ENVS
+    }
+    for env, why in skipped_servers.items():
+        print(f"  FAIL: server env {env} {why}")
     print(f"{totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    return 1 if skipped_servers else 0
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    sys.exit(main(*sys.argv[1:5]))

@@ -42,7 +42,9 @@ Rows of a test's own, through ``snapshot_backfill.testing.factories``, on any ba
 Whole-database comparisons: ``fingerprint.take(engine)`` and ``fingerprint.assert_same``.
 
 Servers come from ``--postgresql-url``/``--mariadb-url`` or the environment variables
-``SNAPSHOT_BACKFILL_TEST_POSTGRESQL_URL``/``SNAPSHOT_BACKFILL_TEST_MARIADB_URL``.
+``SNAPSHOT_BACKFILL_TEST_POSTGRESQL_URL``/``SNAPSHOT_BACKFILL_TEST_MARIADB_URL``, else the default
+local address, else a throwaway server (``snapshot_backfill.testing.servers``), looked up when a
+test first needs one; the run's summary says which was used or why the tests were skipped.
 """
 
 from __future__ import annotations
@@ -60,21 +62,18 @@ import filelock
 import pytest
 from sqlalchemy.engine import URL, Engine
 
-from snapshot_backfill.testing import expectations, plugin, states
+from snapshot_backfill.testing import expectations, plugin, servers, states
 from snapshot_backfill.testing.backends import (
-    ALL_BACKENDS,
     ENV_VARS,
     MARIADB,
     OPTIONS,
     POSTGRESQL,
     SQLITE,
     Backend,
-    discover,
     drop_template,
     fill_template,
     new_template,
     provision,
-    skip_reason,
     wait_for_drops,
 )
 
@@ -97,21 +96,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         )
 
 
-def _server_urls(config: pytest.Config) -> dict[str, Optional[URL]]:
-    return discover({kind: config.getoption(OPTIONS[kind]) for kind in (POSTGRESQL, MARIADB)})
+def _servers(config: pytest.Config) -> servers.Servers:
+    found = servers.for_this_run({kind: config.getoption(OPTIONS[kind]) for kind in OPTIONS})
+    assert found is not None, "pytest_configure sets up the run's servers directory"
+    return found
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    urls = _server_urls(config)
-    shown = []
-    for kind in ALL_BACKENDS:
-        if kind == SQLITE:
-            shown.append("sqlite (always)")
-        elif urls[kind] is not None:
-            shown.append(f"{kind} {urls[kind].render_as_string(hide_password=True)}")
-        else:
-            shown.append(f"{kind} skipped ({skip_reason(kind)})")
-    return ["database backends: " + "; ".join(shown)]
+    return [
+        f"database backends: sqlite; postgresql and mariadb found when first needed "
+        f"({servers.MODE_VAR}={servers.mode()})"
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Name the server each backend used, or why its tests were skipped."""
+    if config.stash.get(_servers_dir, None) is None:
+        return
+    recorded = _servers(config).recorded()
+    if recorded:
+        terminalreporter.section("database servers")
+        for found in recorded:
+            terminalreporter.line(found.describe())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -123,8 +129,8 @@ def _dropped_databases() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def server_urls(pytestconfig: pytest.Config) -> dict[str, Optional[URL]]:
-    """Each backend's server URL (None: not configured; SQLite needs none)."""
-    return _server_urls(pytestconfig)
+    """Each backend's server URL (None: none to be had; SQLite needs none), found on first use."""
+    return _servers(pytestconfig).urls()
 
 
 @pytest.fixture(scope="session", params=BACKEND_PARAMS)
@@ -132,7 +138,7 @@ def backend_kind(request: pytest.FixtureRequest, server_urls: dict[str, Optional
     """sqlite, postgresql or mariadb (each case marked; servers skipped when not configured)."""
     kind: str = request.param
     if kind != SQLITE and server_urls[kind] is None:
-        pytest.skip(skip_reason(kind))
+        pytest.skip(servers.skip_reason(kind))
     return kind
 
 
@@ -160,6 +166,7 @@ def engine(backend: Backend) -> Engine:
 
 TEMPLATES_DIR_VAR = "SNAPSHOT_BACKFILL_TEST_TEMPLATES_DIR"
 _templates_dir = pytest.StashKey[Path]()
+_servers_dir = pytest.StashKey[Path]()
 
 
 class StateTemplates:
@@ -227,12 +234,30 @@ class StateTemplates:
 
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        try:
+            servers.mode()
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
         directory = tempfile.mkdtemp(prefix="snapshot-backfill-templates-")
         os.environ[TEMPLATES_DIR_VAR] = directory  # inherited by the xdist workers
         config.stash[_templates_dir] = Path(directory)
+        directory = tempfile.mkdtemp(prefix="snapshot-backfill-servers-")
+        os.environ[servers.DIRECTORY_VAR] = directory
+        config.stash[_servers_dir] = Path(directory)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    try:
+        _drop_templates(config)
+    finally:
+        # After the templates: they live on the servers.
+        if config.stash.get(_servers_dir, None) is not None:
+            failures = _servers(config).stop()
+            if failures:
+                raise RuntimeError("\n".join(failures))
+
+
+def _drop_templates(config: pytest.Config) -> None:
     directory = config.stash.get(_templates_dir, None)
     if directory is None:
         return

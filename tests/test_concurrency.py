@@ -25,6 +25,11 @@ from snapshot_backfill.testing.backends import Backend
 pytestmark = pytest.mark.slow
 
 PROCESS_TIMEOUT_S = 180
+# Windows has no SIGKILL, and Popen.send_signal there sends neither SIGINT nor a SIGTERM a
+# process can catch (it terminates it outright).
+POSIX_SIGNALS = pytest.mark.skipif(
+    sys.platform == "win32", reason="needs POSIX signals (SIGKILL, SIGINT, SIGTERM to a child)"
+)
 
 
 def start_migrator(backend: Backend, *extra: str) -> subprocess.Popen[str]:
@@ -167,6 +172,7 @@ def test_the_application_keeps_recording_runs_meanwhile(backend: Backend, build_
     assert_every_run_done_once(app, expected, backend.describe())
 
 
+@POSIX_SIGNALS
 @pytest.mark.parametrize("links_before_kill", [1, 120, 700])
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(
     backend: Backend, links_before_kill: int
@@ -196,6 +202,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(
     )
 
 
+@POSIX_SIGNALS
 def test_ctrl_c_keeps_committed_batches_prints_a_summary_and_exits_130(
     backend: Backend, build_state: Any
 ) -> None:
@@ -217,6 +224,7 @@ def test_ctrl_c_keeps_committed_batches_prints_a_summary_and_exits_130(
     assert_every_run_done_once(engine, info, backend.describe())
 
 
+@POSIX_SIGNALS
 def test_sigterm_stops_like_ctrl_c(sqlite_backend: Backend) -> None:
     engine = sqlite_backend.make_engine()
     states.build_state("large", engine)

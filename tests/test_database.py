@@ -24,6 +24,7 @@ from snapshot_backfill.database import (
     resolve_url,
     sqlite_path,
     transaction_without_foreign_keys,
+    uri_path,
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
@@ -306,3 +307,9 @@ def test_sqlite_foreign_keys_cannot_be_switched_inside_a_transaction(
         with pytest.raises(ForeignKeysError, match="inside a transaction"), foreign_keys_off(conn):
             pass
         conn.rollback()
+
+
+def test_a_file_uri_names_a_windows_path_on_windows() -> None:
+    # Path.as_uri() writes C:\Users\a#b\x.db as file:///C:/Users/a%23b/x.db on Windows.
+    assert uri_path("/C:/Users/a%23b/x.db", windows=True) == "C:\\Users\\a#b\\x.db"
+    assert uri_path("/home/a%23b/x.db", windows=False) == "/home/a#b/x.db"

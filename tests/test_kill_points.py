@@ -34,7 +34,10 @@ from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import blueprint, expectations, fingerprint, schema_images
 from snapshot_backfill.testing.backends import Backend
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL"),
+]
 
 PROCESS_TIMEOUT_S = 120
 BATCH = "50"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import nturl2path
 import os
 import re
 import sqlite3
@@ -92,8 +93,17 @@ def sqlite_path(url: URL) -> Optional[Path]:
         return None
     if database.startswith("file:"):
         # A URI: the path ends at "?" or "#", and is percent-decoded (sqlite_uri writes it so).
-        database = unquote(urlsplit(database).path)
+        database = uri_path(urlsplit(database).path)
     return Path(database)
+
+
+def uri_path(path: str, windows: bool = os.name == "nt") -> str:
+    """The file named by the path part of a ``file:`` URI, percent-decoded.
+
+    On Windows ``/C:/Users/x.db`` (what ``Path.as_uri`` writes) is ``C:\\Users\\x.db``: read as a
+    POSIX path it would name no file at all.
+    """
+    return nturl2path.url2pathname(path) if windows else unquote(path)
 
 
 def sqlite_uri(path: Path) -> str:

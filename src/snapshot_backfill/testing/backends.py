@@ -50,6 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from snapshot_backfill.database import open_engine, resolve_url
+from snapshot_backfill.testing import servers
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -57,11 +58,8 @@ MARIADB = "mariadb"
 ALL_BACKENDS = (SQLITE, POSTGRESQL, MARIADB)
 SERVER_BACKENDS = (POSTGRESQL, MARIADB)
 
-ENV_VARS = {
-    POSTGRESQL: "SNAPSHOT_BACKFILL_TEST_POSTGRESQL_URL",
-    MARIADB: "SNAPSHOT_BACKFILL_TEST_MARIADB_URL",
-}
-OPTIONS = {POSTGRESQL: "--postgresql-url", MARIADB: "--mariadb-url"}
+ENV_VARS = servers.ENV_VARS
+OPTIONS = servers.OPTIONS
 DATABASE_PREFIX = "sbt_"
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 
@@ -70,8 +68,8 @@ T = TypeVar("T")
 
 
 def skip_reason(kind: str) -> str:
-    """Why the tests of a server backend are skipped: what to set to run them."""
-    return f"set {ENV_VARS[kind]} (or {OPTIONS[kind]}) to run"
+    """Why the tests of a server backend are skipped in this run (``servers.skip_reason``)."""
+    return servers.skip_reason(kind)
 
 
 def discover(
