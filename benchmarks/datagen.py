@@ -16,14 +16,25 @@ The small tables go through SQLAlchemy Core (a few hundred rows); ``production_r
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Optional
 
-from sqlalchemy import insert, text
+from sqlalchemy import NullPool, create_engine, insert, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from snapshot_backfill.database import foreign_keys_off
+from snapshot_backfill.database import (
+    check_connection,
+    display_url,
+    foreign_keys_off,
+    open_engine,
+    resolve_url,
+    sqlite_path,
+)
+from snapshot_backfill.errors import BadInputError
 from snapshot_backfill.models import (
     Base,
     YieldMode,
@@ -299,3 +310,59 @@ def generate(engine: Engine, n: int) -> None:
             for table in ("production_runs", "recipe_snapshots"):
                 conn.exec_driver_sql(f"ANALYZE TABLE {table}").all()
             conn.commit()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python benchmarks/datagen.py DATABASE --runs N``: generate one database."""
+    parser = argparse.ArgumentParser(
+        prog="datagen.py",
+        description="Generate a production-shaped bake-tracker database (the benchmark's) "
+        "with N production runs.",
+        epilog="example: python benchmarks/datagen.py /tmp/bake-100k.db --runs 100000\n"
+        "exit codes: 0 generated; 2 bad input (an existing SQLite file, a database with "
+        "tables, an unreachable server): nothing was changed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "database",
+        help="a new SQLite file (path or sqlite:// URL), or an empty server database's URL",
+    )
+    parser.add_argument(
+        "--runs", "-n", type=int, default=10000, help="production runs (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, not {args.runs}")
+    try:
+        url = resolve_url(args.database)
+        if url.get_backend_name() == "sqlite":
+            path = sqlite_path(url)
+            if path is None or path.exists():
+                parser.error(f"{args.database}: a new SQLite file is needed (it is created)")
+        check = open_engine(url, create=False) if url.get_backend_name() != "sqlite" else None
+        if check is not None:
+            try:
+                check_connection(check)
+                if inspect(check).get_table_names():
+                    parser.error(f"{display_url(url)} has tables: an empty database is needed")
+            finally:
+                check.dispose()
+    except BadInputError as exc:
+        parser.error(str(exc))
+    # A plain engine, as the benchmark's: generate() switches foreign keys off for the orphans.
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        generate(engine, args.runs)
+    finally:
+        engine.dispose()
+    exp = expected(args.runs)
+    print(
+        f"{display_url(url)}: {exp.total_runs:,} runs ({exp.already_linked:,} linked, "
+        f"{exp.to_migrate:,} to migrate, {exp.link_existing:,} to link, "
+        f"{exp.orphaned:,} orphaned)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,11 @@ def translate(argv: Optional[Sequence[str]] = None) -> list[str]:
     mode.add_argument("--verify", action="store_true", help="Check the migrated database")
     parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation")
     parser.add_argument("--database-url", help="Database URL or SQLite path")
+    parser.add_argument(
+        "--backup-taken",
+        action="store_true",
+        help="PostgreSQL/MariaDB: you took the dump shown (required to write to a server)",
+    )
     args = parser.parse_args(argv)
     command = "plan" if args.dry_run else "verify" if args.verify else "run"
     translated = [command]
@@ -44,6 +49,8 @@ def translate(argv: Optional[Sequence[str]] = None) -> list[str]:
         translated += ["--database-url", args.database_url]
     if args.yes and command == "run":
         translated.append("--yes")
+    if args.backup_taken and command == "run":
+        translated.append("--backup-taken")
     return translated
 
 

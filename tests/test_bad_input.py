@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from snapshot_backfill import backfill
 from snapshot_backfill.cli import main
 from snapshot_backfill.errors import EXIT_BAD_INPUT
+from snapshot_backfill.locking import sqlite_lock_path
 from snapshot_backfill.models import pre_snapshot_metadata
 from snapshot_backfill.testing import fingerprint, states
 from snapshot_backfill.testing.backends import Backend
@@ -171,9 +172,14 @@ def _make_mutable(path: Path) -> None:
 def test_a_read_only_sqlite_file(sqlite_backend: Backend, command: list[str]) -> None:
     engine = sqlite_backend.make_engine()
     states.build_state("from_sample_data", engine)
+    # Half migrated, so that rollback has something to undo (with nothing to undo it says so
+    # and exits 0 without writing, read-only or not).
+    with contextlib.suppress(StopMigrating):
+        backfill.run(engine, batch_size=7, on_progress=_stop_after_two_batches)
     engine.dispose()
     path = sqlite_backend.path
     assert path is not None
+    sqlite_lock_path(path).unlink()  # the preparing run's: the command under test makes none
     before = path.read_bytes()
     if not _make_immutable(path):
         pytest.skip("cannot make a file read-only here (root without chattr +i support)")

@@ -259,8 +259,8 @@ def test_a_batch_changed_under_the_migrator_is_rolled_back_and_a_rerun_finishes(
     read_batch = backfill._next_batch
     changed: list[Any] = []
 
-    def next_batch_then_link_one(conn: sa.Connection, after: int, size: int) -> Any:
-        batch = read_batch(conn, after, size)
+    def next_batch_then_link_one(conn: sa.Connection, after: int, size: int, *rest: Any) -> Any:
+        batch = read_batch(conn, after, size, *rest)
         if batch is not None and batch.link and not changed:
             run = batch.link[0]
             conn.execute(

@@ -495,7 +495,7 @@ def test_the_password_is_masked_in_the_plan_header_and_the_report_file(
     _no_secret(planned.stdout + planned.stderr)
     assert ":***@" in planned.stdout
     report = tmp_path / "report.json"
-    ran = cli("run", "--database-url", url, "--yes", "--report", str(report))
+    ran = cli("run", "--database-url", url, "--yes", "--backup-taken", "--report", str(report))
     assert ran.code == EXIT_OK, ran
     _no_secret(ran.stdout + ran.stderr + report.read_text())
     assert ":***@" in json.loads(report.read_text())["database"]

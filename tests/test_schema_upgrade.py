@@ -481,15 +481,15 @@ def test_a_second_upgrade_while_one_runs_is_refused(pre_db: Path) -> None:
 
     def start_another(step: UpgradeStep) -> None:
         if step.number == step.total:
-            # A short busy timeout: the second upgrade waits for the write lock, then gives up.
+            # No wait: the second upgrade finds the migration lock taken and gives up.
             other = sqlite_url(pre_db)
             with pytest.raises(LockedError) as caught, engine_at(other, busy_timeout=0.05) as e:
-                upgrade_schema(e)
+                upgrade_schema(e, lock_timeout=0)
             refused.append(caught.value)
 
     with engine_at(sqlite_url(pre_db)) as engine:
         report = upgrade_schema(engine, on_step=start_another)
-        assert len(refused) == 1 and "locked" in str(refused[0])
+        assert len(refused) == 1 and "another snapshot-backfill" in str(refused[0])
         assert len(report.steps_executed) == report.plan.steps[-1].total
         assert find_missing(engine) == []
 
@@ -841,11 +841,11 @@ def test_server_second_upgrade_while_one_runs_is_refused(server: Backend) -> Non
         def start_another(step: UpgradeStep) -> None:
             if step.number == 3:
                 with pytest.raises(LockedError) as caught:
-                    upgrade_schema(engine)
+                    upgrade_schema(engine, lock_timeout=0)
                 refused.append(caught.value)
 
         report = upgrade_schema(engine, on_step=start_another)
-        assert len(refused) == 1 and "another upgrade-schema is running" in str(refused[0])
+        assert len(refused) == 1 and "another snapshot-backfill" in str(refused[0])
         assert len(report.steps_executed) == report.plan.steps[-1].total
         assert find_missing(engine) == []
 

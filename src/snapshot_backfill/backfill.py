@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Optional
 
 from sqlalchemy import (
@@ -41,6 +41,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -56,8 +57,9 @@ from .database import (
 )
 from .errors import BadInputError, InterruptedRunError, RunAbortedError
 from .journal import create_journal, drop_journal, journal, journal_exists
-from .locking import migration_lock
+from .locking import DEFAULT_LOCK_TIMEOUT_S, migration_lock
 from .models import new_uuid, production_runs, recipe_snapshots, recipes, utc_now
+from .pacing import MAX_BATCH_SIZE, BatchSizer
 from .payload import (
     build_payloads,
     column_capacity,
@@ -74,9 +76,6 @@ from .schema_check import require_schema
 # keeps each write transaction, and so SQLite's write lock, to about half a second at 100k runs
 # (about a second at 1M), well inside the application's 5 s busy timeout.
 DEFAULT_BATCH_SIZE = 5000
-# Each batch's run ids go to the database in one statement; stay well under every limit.
-MAX_BATCH_SIZE = 10000
-DEFAULT_LOCK_TIMEOUT_S = 10.0
 # verify lists at most this many problems (it still counts them all).
 MAX_PROBLEMS_LISTED = 1000
 
@@ -126,6 +125,8 @@ class Plan:
     per_recipe: list[RecipeBreakdown] = field(default_factory=list)
     undated_run_ids: list[int] = field(default_factory=list)
     recipe_errors: list[RecipeError] = field(default_factory=list)
+    # The highest run id when planned: a run takes no run above it (they came after the plan).
+    max_run_id: Optional[int] = None
 
     @property
     def orphaned(self) -> int:
@@ -152,6 +153,7 @@ class Plan:
             "undated_run_ids": list(self.undated_run_ids),
             "recipe_errors": [asdict(e) for e in self.recipe_errors],
             "per_recipe": [asdict(r) for r in self.per_recipe],
+            "max_run_id": self.max_run_id,
         }
 
 
@@ -178,6 +180,8 @@ class Progress:
     done: int
     total: int
     batches: int
+    # Seconds since the first batch began: the rate and ETA exclude planning and the question.
+    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -194,6 +198,10 @@ class RunReport:
     batches: int = 0
     duration_s: float = 0.0
     interrupted: bool = False
+    # Runs left to the application: younger than min_age, or added after the plan.
+    too_recent: int = 0
+    # The longest batch's write transaction, the longest the application waited on us.
+    longest_batch_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -211,6 +219,8 @@ class RunReport:
             "batches": self.batches,
             "duration_s": round(self.duration_s, 3),
             "interrupted": self.interrupted,
+            "too_recent": self.too_recent,
+            "longest_batch_s": round(self.longest_batch_s, 3),
             "run_token": self.run_token,
         }
 
@@ -260,6 +270,7 @@ class RollbackReport:
     left_alone: int = 0
     batches: int = 0
     duration_s: float = 0.0
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "duration_s": round(self.duration_s, 3)}
@@ -354,6 +365,7 @@ def _plan(conn: Connection) -> Plan:
     migrating = {r.recipe_id: r.to_migrate for r in per_recipe if r.to_migrate}
     failures = build_payloads(conn, migrating, column_capacity(conn)).failures if migrating else {}
     return Plan(
+        max_run_id=conn.execute(select(func.max(runs.c.id))).scalar(),
         total_runs=sum(r.total_runs for r in per_recipe),
         already_linked=sum(r.already_linked for r in per_recipe),
         to_migrate=sum(r.to_migrate for r in per_recipe),
@@ -390,6 +402,7 @@ class _Batch:
 
     def __init__(self, rows: Sequence[Any]) -> None:
         self.last_id: int = rows[-1].id
+        self.rows = len(rows)
         self.link: list[Any] = []
         self.migrate: list[Any] = []
         self.orphans: list[Any] = []
@@ -406,7 +419,25 @@ class _Batch:
                 self.migrate.append(r)
 
 
-def _next_batch(conn: Connection, after: int, size: int) -> Optional[_Batch]:
+@dataclass(frozen=True)
+class _Bounds:
+    """Which runs a run may take: up to the plan's highest id, created before ``cutoff``."""
+
+    upto: Optional[int]
+    cutoff: Optional[datetime]
+
+    def clauses(self) -> list[Any]:
+        found: list[Any] = []
+        if self.upto is not None:
+            found.append(runs.c.id <= self.upto)
+        if self.cutoff is not None:
+            found.append(runs.c.created_at <= self.cutoff)
+        return found
+
+
+def _next_batch(
+    conn: Connection, after: int, size: int, bounds: Optional[_Bounds] = None
+) -> Optional[_Batch]:
     # Keyset pagination: "id > after ORDER BY id LIMIT size" seeks straight to the batch
     # through the index on recipe_snapshot_id (whose entries are in id order within NULL).
     # The snapshot side gets the bound too: PostgreSQL merge-joins recipe_snapshots by
@@ -424,17 +455,28 @@ def _next_batch(conn: Connection, after: int, size: int) -> Optional[_Batch]:
         .select_from(
             runs.outerjoin(snaps, own_snapshot).outerjoin(recipes, recipes.c.id == runs.c.recipe_id)
         )
-        .where(runs.c.recipe_snapshot_id.is_(None), runs.c.id > after)
         .order_by(runs.c.id)
-        .limit(size)
     )
-    if conn.dialect.name != "sqlite":
-        # Hold the batch's runs until commit: the application may be writing meanwhile.
-        query = (
-            query.with_for_update(of=runs)
-            if conn.dialect.name == "postgresql"
-            else (query.with_for_update())
+    taken = [runs.c.recipe_snapshot_id.is_(None), runs.c.id > after]
+    taken += bounds.clauses() if bounds is not None else []
+    backend = conn.dialect.name
+    if backend in ("mysql", "mariadb"):
+        # MariaDB has no FOR UPDATE OF: a locking read of the join would lock the recipe
+        # rows too (a recipe rename waited for the batch). Lock the batch's runs alone, by
+        # primary key, then read the join without locks.
+        ids = list(
+            conn.execute(
+                select(runs.c.id).where(*taken).order_by(runs.c.id).limit(size).with_for_update()
+            ).scalars()
         )
+        if not ids:
+            return None
+        query = query.where(runs.c.id.in_(ids), runs.c.recipe_snapshot_id.is_(None))
+    else:
+        query = query.where(*taken).limit(size)
+        if backend == "postgresql":
+            # Hold the batch's runs until commit: the application may be writing meanwhile.
+            query = query.with_for_update(of=runs)
     rows = conn.execute(query).all()
     return _Batch(rows) if rows else None
 
@@ -656,8 +698,20 @@ def run(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_progress: Optional[ProgressCallback] = None,
     known_plan: Optional[Plan] = None,
+    max_batch_seconds: Optional[float] = None,
+    pause_s: float = 0.0,
+    min_age_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunReport:
     """Backfill a snapshot for every unlinked run, one committed transaction per batch.
+
+    The cost to a live application is bounded: with ``max_batch_seconds`` the batch size
+    adapts between batches to keep each write transaction under it (``pacing.BatchSizer``,
+    starting from ``batch_size``); ``pause_s`` sleeps between batches. The run takes only
+    runs up to the highest id of the plan (``known_plan``'s if given: the one the user saw)
+    and created at least ``min_age_s`` seconds ago; the others are the application's, counted
+    in ``too_recent``. ``clock`` and ``sleep`` time the batches (tests inject their own).
 
     Safe to repeat and to resume: a second run finds nothing to do, and a run interrupted
     between batches (Ctrl-C raises InterruptedRunError; a crash just stops) keeps every
@@ -687,11 +741,19 @@ def run(
         # Planned again under the lock (the schema was checked above).
         with read_only(engine) as conn:
             report = RunReport(plan=_plan(conn), run_token=new_uuid())
+        planned = known_plan if known_plan is not None else report.plan
+        bounds = _Bounds(
+            upto=planned.max_run_id,
+            cutoff=utc_now() - timedelta(seconds=min_age_s) if min_age_s > 0 else None,
+        )
+        sizer = BatchSizer(batch_size, max_batch_seconds)
         if report.plan.work:
             try:
-                for progress in _run_batches(engine, batch_size, report):
+                for progress in _run_batches(engine, sizer, report, bounds, clock):
                     if on_progress is not None:
                         on_progress(progress)
+                    if pause_s > 0:
+                        sleep(pause_s)
             except KeyboardInterrupt:
                 report.interrupted = True
                 report.duration_s = time.monotonic() - started
@@ -700,6 +762,9 @@ def run(
                     "run again to finish the job",
                     report,
                 ) from None
+            finally:
+                report.longest_batch_s = sizer.longest_s
+            report.too_recent = _count_left(engine, bounds)
         report.skipped_orphans = report.plan.orphaned
         report.skipped_undated = report.plan.undated
         if report.migrated or report.linked_existing:
@@ -708,7 +773,32 @@ def run(
     return report
 
 
-def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator[Progress]:
+def _count_left(engine: Engine, bounds: _Bounds) -> int:
+    """Unlinked runs with a recipe that the bounds left to the application."""
+    outside = []
+    if bounds.upto is not None:
+        outside.append(runs.c.id > bounds.upto)
+    if bounds.cutoff is not None:
+        outside.append(runs.c.created_at > bounds.cutoff)
+    if not outside:
+        return 0
+    with read_only(engine) as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(runs.join(recipes, recipes.c.id == runs.c.recipe_id))
+                .where(runs.c.recipe_snapshot_id.is_(None), or_(*outside))
+            ).scalar_one()
+        )
+
+
+def _run_batches(
+    engine: Engine,
+    sizer: BatchSizer,
+    report: RunReport,
+    bounds: Optional[_Bounds] = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Progress]:
     stored: set[int] = set()
     failed: dict[int, str] = {}
     after = 0
@@ -717,10 +807,13 @@ def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator
             create_journal(conn)
             create_payload_table(conn)
             capacity = column_capacity(conn)
+        first_batch = time.monotonic()
         try:
             while True:
+                batch_started = clock()
+                size = sizer.size
                 with write_transaction(conn):
-                    batch = _next_batch(conn, after, batch_size)
+                    batch = _next_batch(conn, after, size, bounds)
                     if batch is None:
                         return
                     missing = {r.recipe_id for r in batch.migrate} - stored - failed.keys()
@@ -729,10 +822,16 @@ def _run_batches(engine: Engine, batch_size: int, report: RunReport) -> Iterator
                     stored |= built.payloads.keys()
                     failed.update(built.failures)
                     _link_isolating_failures(conn, batch, report, failed)
+                sizer.observe(clock() - batch_started, batch.rows)
                 after = batch.last_id
                 report.batches += 1
                 done = report.migrated + report.linked_existing + len(report.errors)
-                yield Progress(done=done, total=report.plan.work, batches=report.batches)
+                yield Progress(
+                    done=done,
+                    total=report.plan.work,
+                    batches=report.batches,
+                    elapsed_s=time.monotonic() - first_batch,
+                )
         finally:
             _clean_up_quietly(conn)
 
@@ -963,6 +1062,19 @@ def _check_backfilled(conn: Connection, problems: _Problems) -> None:
 # --- rollback ----------------------------------------------------------------------------
 
 
+def rollback_pending(engine: Engine) -> int:
+    """How many journaled links a rollback would undo, read-only (0: nothing to undo).
+
+    Checks the schema first, so that a file that is not the application's database is
+    refused before anything (a backup, a question) is done for it.
+    """
+    with read_only(engine) as conn:
+        require_schema(conn)
+        if not journal_exists(conn):
+            return 0
+        return int(conn.execute(select(func.count()).select_from(journal)).scalar_one())
+
+
 def rollback(
     engine: Engine,
     *,
@@ -991,21 +1103,36 @@ def rollback(
         conn.rollback()
         total = int(conn.execute(select(func.count()).select_from(journal)).scalar_one())
         conn.rollback()
-        while True:
-            with write_transaction(conn):
-                ids = list(
-                    conn.execute(
-                        select(journal.c.id).order_by(journal.c.id).limit(batch_size)
-                    ).scalars()
-                )
-                if not ids:
-                    break
-                _undo(conn, ids, report)
-            report.batches += 1
-            if on_progress is not None:
-                on_progress(
-                    Progress(done=report.journal_entries, total=total, batches=report.batches)
-                )
+        first_batch = time.monotonic()
+        try:
+            while True:
+                with write_transaction(conn):
+                    ids = list(
+                        conn.execute(
+                            select(journal.c.id).order_by(journal.c.id).limit(batch_size)
+                        ).scalars()
+                    )
+                    if not ids:
+                        break
+                    _undo(conn, ids, report)
+                report.batches += 1
+                if on_progress is not None:
+                    on_progress(
+                        Progress(
+                            done=report.journal_entries,
+                            total=total,
+                            batches=report.batches,
+                            elapsed_s=time.monotonic() - first_batch,
+                        )
+                    )
+        except KeyboardInterrupt:
+            report.interrupted = True
+            report.duration_s = time.monotonic() - started
+            raise InterruptedRunError(
+                "interrupted: the batches committed so far are undone and the rest is still "
+                "journaled; run rollback again to finish",
+                report,
+            ) from None
         with write_transaction(conn):
             drop_journal(conn)
     if report.runs_unlinked or report.snapshots_deleted:
@@ -1027,8 +1154,11 @@ def _undo(conn: Connection, ids: list[int], report: RollbackReport) -> None:
         .where(ours, runs.c.updated_at == journal.c.linked_at)
         .values(recipe_snapshot_id=None, updated_at=journal.c.previous_updated_at)
     ).rowcount
-    # ... runs the application changed since keep the updated_at it wrote.
-    unlinked = conn.execute(update(runs).where(ours).values(recipe_snapshot_id=None)).rowcount
+    # ... runs the application changed since keep the updated_at it wrote: said explicitly,
+    # or the column's ORM-level onupdate would stamp the rollback's own clock time instead.
+    unlinked = conn.execute(
+        update(runs).where(ours).values(recipe_snapshot_id=None, updated_at=runs.c.updated_at)
+    ).rowcount
     # The ids, not a subquery: MariaDB (before 11.1) runs "DELETE ... WHERE id IN (SELECT ...)"
     # as a scan of every snapshot with a dependent subquery each, so that rollback at 10k
     # runs took two minutes; with the ids it deletes by primary key.

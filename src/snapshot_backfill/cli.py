@@ -11,9 +11,12 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -46,7 +49,9 @@ from .errors import (
     BadInputError,
     InterruptedRunError,
 )
+from .locking import DEFAULT_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
 from .models import pre_snapshot_metadata
+from .pacing import DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MIN_AGE_S
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
 _DEMO_SIDE_FILES = ("-journal", "-wal", "-shm", ".snapshot-backfill.lock")
@@ -100,10 +105,6 @@ def _positive_int(value: str) -> int:
     return number
 
 
-# A day: longer waits are a typo, and every backend's timeout takes this many seconds.
-MAX_LOCK_TIMEOUT_S = 86400.0
-
-
 def _seconds(value: str) -> float:
     try:
         number = float(value)
@@ -126,19 +127,47 @@ class _Parser(argparse.ArgumentParser):
         raise BadInputError(f"{self.prog}: {message}")
 
 
+_EPILOG = f"""\
+The database URL may also come from {ENV_VAR};
+a bare path means a SQLite file. With neither, the application's default database is used
+(BAKING_TRACKER_ENV, see the README).
+
+exit codes:
+  0    done (verify: no problem; plan --check: nothing to write or link)
+  1    verify found problems, plan --check found work, or some runs could not be linked
+  2    usage or bad input: nothing was changed
+  3    another migrator holds the lock (--lock-timeout)
+  130  interrupted: committed batches are kept, a summary is printed; run again to finish
+
+example:
+  snapshot-backfill plan --database-url ~/bake_tracker.db
+  snapshot-backfill run  --database-url ~/bake_tracker.db
+  pg_dump -Fc -f bakery.dump bakery && \\
+    snapshot-backfill run --database-url postgresql://baker@db/bakery --backup-taken
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``snapshot-backfill`` argument parser."""
     parser = _Parser(
         prog="snapshot-backfill",
         description="Backfill recipe snapshots for bake-tracker production runs.",
-        epilog=f"The database URL may also come from {ENV_VAR}; a bare path means a SQLite file.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    def debug_option(sub: argparse.ArgumentParser) -> None:
+        # Accepted after the command too; SUPPRESS keeps the top level's value when absent.
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
+
     def database_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        debug_option(sub)
         sub.add_argument(
             "--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})"
         )
@@ -147,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--lock-timeout",
             type=_seconds,
-            default=backfill.DEFAULT_LOCK_TIMEOUT_S,
+            default=DEFAULT_LOCK_TIMEOUT_S,
             metavar="SECONDS",
             help="how long to wait for another migrator (default: %(default)s)",
         )
@@ -167,13 +196,54 @@ def build_parser() -> argparse.ArgumentParser:
             "--backup", type=Path, metavar="PATH", help="SQLite: where to write the backup"
         )
         backup.add_argument(
-            "--no-backup", action="store_true", help="SQLite: skip the backup before writing"
+            "--no-backup",
+            action="store_true",
+            help="skip the backup before writing (on a server: write without one, knowingly)",
+        )
+        backup.add_argument(
+            "--backup-taken",
+            action="store_true",
+            help="PostgreSQL/MariaDB: you took the pg_dump/mysqldump shown; required (or "
+            "--no-backup) to write to a server, which --yes does not imply",
         )
 
-    database_command("plan", "show what a run would do (read-only, changes nothing)")
+    plan_parser = database_command("plan", "show what a run would do (read-only, changes nothing)")
+    all_recipes_help = (
+        f"list every recipe in the per-recipe table (default: the {PER_RECIPE_SHOWN} with most "
+        "to do)"
+    )
+    plan_parser.add_argument("--all-recipes", action="store_true", help=all_recipes_help)
+    plan_parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when any run would be written or linked, 0 otherwise (a gate for CI)",
+    )
     run_parser = database_command("run", "backfill snapshots, one committed batch at a time")
     writing_options(run_parser)
     run_parser.add_argument("--report", type=Path, metavar="FILE", help="write the report as JSON")
+    run_parser.add_argument("--all-recipes", action="store_true", help=all_recipes_help)
+    run_parser.add_argument(
+        "--max-batch-seconds",
+        type=_seconds,
+        default=DEFAULT_MAX_BATCH_SECONDS,
+        metavar="SECONDS",
+        help="target duration of one batch's write transaction: the batch size adapts between "
+        "batches to stay under it (0: keep --batch-size fixed; default: %(default)s)",
+    )
+    run_parser.add_argument(
+        "--pause",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep between batches, leaving the database to the application (default: 0)",
+    )
+    run_parser.add_argument(
+        "--min-age",
+        type=_seconds,
+        default=DEFAULT_MIN_AGE_S,
+        metavar="SECONDS",
+        help="leave runs created less than this long ago to the application (default: %(default)s)",
+    )
     database_command("verify", "check every run and snapshot; exit 1 on any problem")
     writing_options(database_command("rollback", "undo what this tool's runs did"))
     upgrade = database_command(
@@ -184,13 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the SQL it would run; change nothing"
     )
 
-    load = commands.add_parser("load-sample", help="create a database from a sample data file")
+    load_help = "create a database from a sample data file"
+    load = commands.add_parser(
+        "load-sample",
+        help=load_help,
+        description=f"{load_help.capitalize()} (the bundled one by default): a new SQLite "
+        "file, or an empty database; a database with any table is refused (exit 2).",
+    )
+    debug_option(load)
     load.add_argument("--database-url", help=f"database URL or SQLite path (default: ${ENV_VAR})")
     load.add_argument("--sample", type=Path, help="sample file (default: the bundled sample)")
 
+    demo_help = "build a SQLite database from the sample data, then plan, run and verify"
     demo = commands.add_parser(
-        "demo", help="build a SQLite database from the sample data, then plan, run and verify"
+        "demo",
+        help=demo_help,
+        description=f"{demo_help[0].upper()}{demo_help[1:]}: the whole job on a new file, "
+        "run twice to show the second changes nothing. It never overwrites a file.",
     )
+    debug_option(demo)
     demo.add_argument("--path", type=Path, help="directory for the demo database (default: temp)")
     demo.add_argument(
         "--from-old-schema",
@@ -221,10 +303,31 @@ def _opened(args: argparse.Namespace) -> Iterator[Engine]:
 def _before_writing(
     out: Output, engine: Engine, args: argparse.Namespace, stdin: TextIO, question: str
 ) -> None:
-    """Refuse a read-only database, ask (unless --yes), then back up or say how to."""
+    """Refuse a read-only database, say how to back up a server, ask, then back up SQLite."""
     require_writable(engine)
+    _require_server_backup(out, engine, args)
     _confirm(out, question, args.yes, stdin)
     _protect(out, engine, args)
+
+
+def _require_server_backup(out: Output, engine: Engine, args: argparse.Namespace) -> None:
+    """On a server, show the dump to take before the question; refuse to write unacknowledged.
+
+    A SQLite file is copied by the tool itself; a server's dump is the user's to take, and
+    ``--yes`` (added to skip a prompt in a script) is no word that it was: ``--backup-taken``
+    says it was, ``--no-backup`` that the user writes without one knowingly.
+    """
+    if is_sqlite(engine.url):
+        return
+    dump = _dump_command(engine.url)
+    if args.backup_taken or args.no_backup:
+        out.say("Back up the database before writing, if you have not, e.g.:")
+        out.say(f"  {dump}")
+        return
+    raise BadInputError(
+        f"{display_url(engine.url)} is a server database: take a backup first, e.g. `{dump}`, "
+        "then pass --backup-taken (or --no-backup to write without one); nothing was changed"
+    )
 
 
 def _confirm(out: Output, question: str, assume_yes: bool, stdin: TextIO) -> None:
@@ -241,16 +344,13 @@ def _confirm(out: Output, question: str, assume_yes: bool, stdin: TextIO) -> Non
 
 
 def _protect(out: Output, engine: Engine, args: argparse.Namespace) -> None:
-    """Back up a SQLite file before writing; for servers, say which dump to take."""
+    """Back up a SQLite file before writing (a server's dump was asked for before the question)."""
     url = engine.url
     if is_sqlite(url):
         database = sqlite_path(url)
         if database is None or args.no_backup:
             return
         out.say(f"Backup: {backup_sqlite(database, args.backup)}")
-        return
-    out.say("Back up the database before writing, if you have not, e.g.:")
-    out.say(f"  {_dump_command(url)}")
 
 
 def _dump_command(url: URL) -> str:
@@ -267,6 +367,26 @@ def _dump_command(url: URL) -> str:
     )
 
 
+def progress_line(progress: backfill.Progress, unit: str) -> str:
+    """``done/total unit (batches, rate, ETA)``, the rate measured from the first batch on."""
+    text = f"{progress.done:,}/{progress.total:,} {unit} ({progress.batches:,} batches"
+    if progress.elapsed_s > 0 and progress.done:
+        rate = progress.done / progress.elapsed_s
+        left = max(progress.total - progress.done, 0)
+        text += f", {rate:,.0f} {unit}/s, ETA {_duration(left / rate)}"
+    return text + ")"
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 class _ProgressPrinter:
     """A progress bar on a terminal, a plain line every few seconds otherwise."""
 
@@ -275,7 +395,6 @@ class _ProgressPrinter:
         self.unit = unit
         self.stream = stream
         self.bar: Any = None
-        self.started = time.monotonic()
         self.last_line = 0.0
 
     def __call__(self, progress: backfill.Progress) -> None:
@@ -291,12 +410,7 @@ class _ProgressPrinter:
         now = time.monotonic()
         if now - self.last_line >= 2.0 or progress.done >= progress.total:
             self.last_line = now
-            rate = progress.done / max(now - self.started, 1e-9)
-            print(
-                f"  {progress.done}/{progress.total} {self.unit} "
-                f"({progress.batches} batches, {rate:,.0f} {self.unit}/s)",
-                file=self.stream,
-            )
+            print(f"  {progress_line(progress, self.unit)}", file=self.stream)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -311,44 +425,96 @@ def _ids(ids: Sequence[int], limit: int = 20) -> str:
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
-def _print_plan(out: Output, the_plan: backfill.Plan, database: str) -> None:
+# The confirmation screen must fit a terminal of 40 rows with the totals and the question at
+# the bottom: the per-recipe table shows the recipes with the most work (--all-recipes: all).
+PER_RECIPE_SHOWN = 10
+
+
+def _id_lines(label: str, ids: Sequence[int]) -> list[str]:
+    """``label: 1, 2, 3`` wrapped to the terminal between ids, never inside a number."""
+    width = max(shutil.get_terminal_size((100, 40)).columns - 1, 40)
+    return textwrap.wrap(
+        f"{label}: {_ids(ids)}",
+        width=width,
+        initial_indent="  ",
+        subsequent_indent="      ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _print_plan(
+    out: Output, the_plan: backfill.Plan, database: str, *, all_recipes: bool = False
+) -> None:
+    """The plan, the details first and the totals last (next to a question that may follow)."""
     out.say(f"Database: {database}")
-    out.say(f"Production runs:                 {the_plan.total_runs:>8}")
-    out.say(f"  already linked:                {the_plan.already_linked:>8}")
-    out.say(f"  to link to existing snapshot:  {the_plan.to_link_existing:>8}")
-    out.say(f"  to migrate (new snapshot):     {the_plan.to_migrate:>8}")
-    out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>8}")
-    if the_plan.orphaned_run_ids:
-        out.say(f"  orphaned run ids: {_ids(the_plan.orphaned_run_ids)}")
-    if the_plan.undated_run_ids:
-        out.say(f"  undated (produced_at NULL):    {the_plan.undated:>8}")
-        out.say(f"  undated run ids: {_ids(the_plan.undated_run_ids)}")
-    for problem in the_plan.recipe_errors:
-        out.say(
-            f"  recipe {problem.recipe_id} cannot be snapshotted ({problem.runs} runs would "
-            f"fail): {problem.error}"
-        )
     if the_plan.per_recipe:
-        out.say("Per recipe:")
-        out.say(
-            f"  {'recipe':<41} {'runs':>6} {'linked':>7} {'migrate':>8} {'link':>5} {'orphan':>7}"
+        rows = list(the_plan.per_recipe)
+        if not all_recipes and len(rows) > PER_RECIPE_SHOWN:
+            # The recipes with the most runs to write, link or skip (orphans), in id order.
+            busiest = sorted(
+                rows,
+                key=lambda r: (-(r.to_migrate + r.to_link_existing + r.orphaned), r.recipe_id),
+            )
+            rows = sorted(busiest[:PER_RECIPE_SHOWN], key=lambda r: r.recipe_id)
+        shown = (
+            "" if len(rows) == len(the_plan.per_recipe) else f" (the {len(rows)} with most runs)"
         )
-        for r in the_plan.per_recipe:
+        out.say(f"Per recipe{shown}:")
+        out.say(
+            f"  {'recipe':<41} {'runs':>8} {'linked':>8} {'migrate':>8} {'link':>6} {'orphan':>7}"
+        )
+        for r in rows:
             name = (r.recipe_name if r.recipe_name else "(deleted)")[:36]
             out.say(
-                f"  {r.recipe_id:>4} {name:<36} {r.total_runs:>6} {r.already_linked:>7} "
-                f"{r.to_migrate:>8} {r.to_link_existing:>5} {r.orphaned:>7}"
+                f"  {r.recipe_id:>4} {name:<36} {r.total_runs:>8,} {r.already_linked:>8,} "
+                f"{r.to_migrate:>8,} {r.to_link_existing:>6,} {r.orphaned:>7,}"
             )
+        hidden = len(the_plan.per_recipe) - len(rows)
+        if hidden:
+            out.say(f"  ... and {hidden:,} more recipes (--all-recipes lists them all)")
+    for problem in the_plan.recipe_errors:
+        out.say(
+            f"  recipe {problem.recipe_id} cannot be snapshotted ({problem.runs:,} runs would "
+            f"fail): {problem.error}"
+        )
+    if the_plan.orphaned_run_ids:
+        for line in _id_lines("orphaned run ids", the_plan.orphaned_run_ids):
+            out.say(line)
+    if the_plan.undated_run_ids:
+        for line in _id_lines("undated run ids", the_plan.undated_run_ids):
+            out.say(line)
+    out.say(f"Production runs:                 {the_plan.total_runs:>10,}")
+    out.say(f"  already linked:                {the_plan.already_linked:>10,}")
+    out.say(f"  to link to existing snapshot:  {the_plan.to_link_existing:>10,}")
+    out.say(f"  to migrate (new snapshot):     {the_plan.to_migrate:>10,}")
+    out.say(f"  orphaned (recipe gone):        {the_plan.orphaned:>10,}")
+    if the_plan.undated_run_ids:
+        out.say(f"  undated (produced_at NULL):    {the_plan.undated:>10,}")
+
+
+def _run_question(the_plan: backfill.Plan, database: str) -> str:
+    return (
+        f"Write {the_plan.to_migrate:,} new snapshots and link {the_plan.to_link_existing:,} "
+        f"runs to existing ones in {database}?"
+    )
 
 
 def _print_run_report(out: Output, report: backfill.RunReport) -> None:
     out.say(
-        f"Migrated {report.migrated}, linked to existing {report.linked_existing}, "
-        f"skipped orphans {report.skipped_orphans}, "
-        + (f"skipped undated {report.skipped_undated}, " if report.skipped_undated else "")
-        + f"errors {len(report.errors)} "
-        f"({report.batches} batches, {report.duration_s:.2f}s)"
+        f"Migrated {report.migrated:,}, linked to existing {report.linked_existing:,}, "
+        f"skipped orphans {report.skipped_orphans:,}, "
+        + (f"skipped undated {report.skipped_undated:,}, " if report.skipped_undated else "")
+        + f"errors {len(report.errors):,} "
+        f"({report.batches:,} batches, {report.duration_s:.2f}s)"
     )
+    if report.batches:
+        out.say(f"  longest batch {report.longest_batch_s:.2f}s")
+    if report.too_recent:
+        out.say(
+            f"  left to the application: {report.too_recent:,} runs created in the last "
+            "--min-age seconds or after the plan"
+        )
     if report.skipped_undated:
         out.say(
             f"  undated runs (produced_at NULL, not snapshotted): "
@@ -376,8 +542,11 @@ def cmd_plan(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     if out.as_json:
         out.json(the_plan.to_dict())
     else:
-        _print_plan(out, the_plan, display_url(engine.url))
+        _print_plan(out, the_plan, display_url(engine.url), all_recipes=args.all_recipes)
         out.say("Dry run: nothing was changed.")
+    if args.check and the_plan.work:
+        out.say(f"Check failed: {the_plan.work:,} runs would be written or linked.")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -391,9 +560,9 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
         file_mode = sibling_mode(sqlite_file) if sqlite_file is not None else None
         the_plan = backfill.plan(engine)
         if not out.as_json:
-            _print_plan(out, the_plan, database)
+            _print_plan(out, the_plan, database, all_recipes=args.all_recipes)
         if the_plan.work:
-            question = f"Write snapshots for {the_plan.work} runs in {database}?"
+            question = _run_question(the_plan, database)
             _before_writing(out, engine, args, stdin, question)
         try:
             report = backfill.run(
@@ -402,6 +571,9 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
                 lock_timeout=args.lock_timeout,
                 on_progress=progress,
                 known_plan=the_plan,
+                max_batch_seconds=args.max_batch_seconds or None,
+                pause_s=args.pause,
+                min_age_s=args.min_age,
             )
         except InterruptedRunError as exc:
             progress.close()
@@ -448,23 +620,43 @@ def cmd_verify(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
 def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     progress = _ProgressPrinter(out, "entries", out.stderr)
     with _opened(args) as engine, contextlib.closing(progress):
-        question = f"Undo every backfill this tool journaled in {display_url(engine.url)}?"
+        database = display_url(engine.url)
+        # Validated before anything is asked or backed up: a file that is not the
+        # application's database is refused, and with nothing to undo nothing is done.
+        pending = backfill.rollback_pending(engine)
+        if not pending:
+            if out.as_json:
+                out.json(backfill.RollbackReport().to_dict())
+            else:
+                out.say(f"Nothing to undo in {database}: no backfill of this tool is journaled.")
+            return EXIT_OK
+        question = f"Undo {pending:,} journaled links of this tool's backfill in {database}?"
         _before_writing(out, engine, args, stdin, question)
-        report = backfill.rollback(
-            engine,
-            batch_size=args.batch_size,
-            lock_timeout=args.lock_timeout,
-            on_progress=progress,
-        )
+        try:
+            report = backfill.rollback(
+                engine,
+                batch_size=args.batch_size,
+                lock_timeout=args.lock_timeout,
+                on_progress=progress,
+            )
+        except InterruptedRunError as exc:
+            progress.close()
+            _finish_rollback(out, exc.report)
+            raise
+    _finish_rollback(out, report)
+    return EXIT_OK
+
+
+def _finish_rollback(out: Output, report: backfill.RollbackReport) -> None:
     if out.as_json:
         out.json(report.to_dict())
-    else:
-        out.say(
-            f"Rolled back {report.journal_entries} journal entries: {report.runs_unlinked} runs "
-            f"unlinked, {report.snapshots_deleted} snapshots deleted, {report.left_alone} left "
-            f"alone (changed since) ({report.duration_s:.2f}s)"
-        )
-    return EXIT_OK
+        return
+    out.say(
+        f"Rolled back {report.journal_entries:,} journal entries: {report.runs_unlinked:,} runs "
+        f"unlinked, {report.snapshots_deleted:,} snapshots deleted, {report.left_alone:,} left "
+        f"alone (changed since) ({report.batches:,} batches, {report.duration_s:.2f}s)"
+        + (" before the interruption" if report.interrupted else "")
+    )
 
 
 def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
@@ -484,6 +676,7 @@ def cmd_upgrade(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             return EXIT_OK
         require_writable(engine)
         out.say(f"{database} lacks: " + "; ".join(g.describe() for g in plan.gaps))
+        _require_server_backup(out, engine, args)
         _confirm(out, f"Apply {len(plan.steps)} schema steps to {database}?", args.yes, stdin)
         report = upgrade_schema(
             engine,
@@ -580,6 +773,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output, TextIO], int]] = {
 }
 
 
+# Commands that create a database never default to the application's: they name their own.
+_CREATING_COMMANDS = ("load-sample", "demo")
+
+
+def _apply_app_default(args: argparse.Namespace, out: Output) -> None:
+    """Without a URL anywhere, use the application's default database, and say which and why."""
+    if args.command in _CREATING_COMMANDS or not hasattr(args, "database_url"):
+        return
+    if args.database_url or os.environ.get(ENV_VAR, "").strip():
+        return
+    from .app_default import default_database
+
+    chosen = default_database(os.environ, Path.cwd())
+    out.say(f"Using {chosen.path}: {chosen.reason}")
+    args.database_url = str(chosen.path)
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
@@ -603,6 +813,7 @@ def main(
         command = args.command
         out.quiet = getattr(args, "quiet", False)
         out.as_json = getattr(args, "json", False)
+        _apply_app_default(args, out)
         # A polite kill (SIGTERM) stops between batches like Ctrl-C does; and Ctrl-C works
         # even where the process was started with SIGINT ignored (a background job).
         previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -31,6 +31,15 @@ _DEFAULT_DRIVERS = {
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
 }
+# Drivers a URL may name that no extra installs: (the package to install, the short scheme).
+_OTHER_DRIVERS = {
+    "postgresql+psycopg2": ("psycopg2-binary", "postgresql"),
+    "postgresql+pg8000": ("pg8000", "postgresql"),
+    "postgresql+asyncpg": ("asyncpg", "postgresql"),
+    "mysql+mysqldb": ("mysqlclient", "mysql"),
+    "mysql+mysqlconnector": ("mysql-connector-python", "mysql"),
+    "mariadb+mariadbconnector": ("mariadb", "mariadb"),
+}
 _EXTRA_FOR_BACKEND = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 _LOCK_ERROR = re.compile(r"database is locked|lock timeout|lock wait timeout", re.IGNORECASE)
 # The password runs to the last "@" of the URL: an unencoded "@" in it must not leave its
@@ -145,7 +154,18 @@ def open_engine(
         return sa.create_engine(url, connect_args=connect_args, **engine_kwargs)
     except (NoSuchModuleError, ImportError, ModuleNotFoundError) as exc:
         extra = _EXTRA_FOR_BACKEND.get(url.get_backend_name())
-        hint = f"; install it with: pip install 'snapshot-backfill[{extra}]'" if extra else ""
+        other = _OTHER_DRIVERS.get(url.drivername)
+        if other is not None:
+            # The extras install psycopg 3 and PyMySQL, not the driver this URL names.
+            package, short = other
+            hint = (
+                f"; {url.drivername} needs {package}: pip install {package}, or write "
+                f"{short}:// to use the driver the [{extra}] extra installs"
+            )
+        elif extra:
+            hint = f"; install it with: pip install 'snapshot-backfill[{extra}]'"
+        else:
+            hint = ""
         raise BadInputError(
             f"cannot use {display_url(url)}: database driver not available ({exc}){hint}"
         ) from None
@@ -157,9 +177,17 @@ def _open_sqlite(url: URL, *, create: bool, busy_timeout: float, **engine_kwargs
         if path.is_dir():
             raise DatabaseUnavailableError(f"{path} is a directory, not a SQLite database file")
         if not create and not path.exists():
+            hint = ""
+            if not path.is_absolute():
+                # sqlite:///tmp/x.db is the relative path tmp/x.db: a classic slip.
+                absolute = "/" + path.as_posix()
+                hint = (
+                    f"; {path} is relative to the current directory: for {absolute} write "
+                    f"sqlite:///{absolute} (four slashes) or the bare path {absolute}"
+                )
             raise DatabaseUnavailableError(
                 f"no SQLite database at {path}: the file does not exist (check the path; "
-                "this command never creates a database)"
+                f"this command never creates a database){hint}"
             )
         # mode=rw makes SQLite itself refuse to create the file, even if it vanishes meanwhile.
         mode = "rwc" if create else "rw"

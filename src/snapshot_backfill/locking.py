@@ -1,4 +1,8 @@
-"""Keep two migrators from working on one database at the same time."""
+"""Keep two migrators from working on one database at the same time.
+
+One lock, one key, for every command that writes (``run``, ``rollback``, ``upgrade-schema``):
+a schema upgrade never runs while a backfill or rollback works, nor two of either.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ from .database import display_url, sqlite_path
 from .errors import BadInputError, LockedError
 
 LOCK_NAME = "snapshot_backfill"
+# How long every writing command (run, rollback, upgrade-schema) waits for the lock by default.
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+# A day: longer waits are a typo, and every backend's timeout takes this many seconds.
+MAX_LOCK_TIMEOUT_S = 86400.0
 # PostgreSQL advisory locks take a bigint key; derive a stable one from the name.
 PG_LOCK_KEY = zlib.crc32(LOCK_NAME.encode())
 _POLL_INTERVAL_S = 0.1

@@ -40,6 +40,7 @@ from .database import (
     foreign_keys_off,
     is_sqlite,
     open_engine,
+    resolve_url,
     sqlite_path,
     sqlite_uri,
     write_transaction,
@@ -1478,7 +1479,7 @@ def load_sample(
 
 
 def load_sample_file(
-    url: URL,
+    url: Union[URL, str],
     sample_path: PathArg = DEFAULT_SAMPLE_PATH,
     *,
     metadata: sa.MetaData = Base.metadata,
@@ -1487,7 +1488,10 @@ def load_sample_file(
 
     The file is validated before the database is touched. A SQLite file this call created is
     deleted again if the load fails, so a failed load leaves no partial database behind.
+    ``url`` may be text, as ``--database-url`` takes it (a bare path is a SQLite file).
     """
+    if isinstance(url, str):
+        url = resolve_url(url)
     sample = read_sample(sample_path)
     created: list[Path] = []
     path = sqlite_path(url) if is_sqlite(url) else None
@@ -1685,7 +1689,8 @@ class _Loader:
             self.conn.execute(
                 table.update()
                 .where(table.c.id == sa.bindparam("b_id"))
-                .values(base_recipe_id=sa.bindparam("b_base")),
+                # updated_at as inserted: the models' onupdate would stamp the load's clock.
+                .values(base_recipe_id=sa.bindparam("b_base"), updated_at=table.c.updated_at),
                 variants,
             )
         elif variants:
@@ -1788,7 +1793,10 @@ class _Loader:
             self.conn.execute(
                 runs_table.update()
                 .where(runs_table.c.id == sa.bindparam("b_run"))
-                .values(recipe_snapshot_id=sa.bindparam("b_snapshot")),
+                .values(
+                    recipe_snapshot_id=sa.bindparam("b_snapshot"),
+                    updated_at=runs_table.c.updated_at,
+                ),
                 links,
             )
 

@@ -29,7 +29,6 @@ default, like the models; a default left by an interrupted MariaDB run is itself
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import sqlite3
@@ -55,6 +54,7 @@ from .database import (
     write_transaction,
 )
 from .errors import EXIT_FAILED, BackfillError, LockedError, SchemaMissingError
+from .locking import DEFAULT_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S, migration_lock
 from .models import SNAPSHOT_ERA_COLUMNS, Base, pre_snapshot_metadata
 
 __all__ = [
@@ -81,13 +81,8 @@ OnStep = Callable[["UpgradeStep"], object]
 Backup = Callable[[], object]
 GapKind = Literal["table", "column", "default", "index", "check", "unique", "foreign_key"]
 
-DEFAULT_LOCK_TIMEOUT_S = 30.0
 # A SQLite rebuild fills this table, then gives it the original table's name.
 REBUILD_PREFIX = "_snapshot_backfill_new_"
-# One PostgreSQL advisory lock key for every upgrade-schema (advisory locks are per database).
-_ADVISORY_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"snapshot_backfill.upgrade_schema").digest()[:8], "big", signed=True
-)
 _MARIADB_LOCK_WAIT_TIMEOUT = 1205
 _POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
 
@@ -903,16 +898,19 @@ def upgrade_schema(
     write lock and never calls ``backup``. Otherwise ``backup()`` is called once (the CLI passes
     the SQLite pre-write backup; its result is ``report.backup``), before the upgrade takes its
     write lock, so the backup may read or lock the database as it needs. Then the upgrade takes
-    its lock (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL transaction advisory lock, a MariaDB
-    ``GET_LOCK``), plans again under it, and calls ``on_step(step)`` before running each step.
+    the migration lock of every writing command (``locking.migration_lock``: run, rollback
+    and upgrade-schema exclude each other; ``lock_timeout`` bounds the wait) and its own
+    (SQLite ``BEGIN IMMEDIATE``), plans again under it, and calls ``on_step(step)`` before
+    running each step.
     An exception from ``on_step`` interrupts the upgrade as a crash would.
 
     ``lock_timeout`` (seconds, ``None`` to wait forever) bounds the wait for a table lock on
     PostgreSQL/MariaDB: DDL queued behind an idle application transaction would otherwise
     stall, and stall every query queued behind it. SQLite waits its busy timeout.
 
-    Raises ``LockedError`` if another upgrade or writer holds a lock, ``SchemaMissingError``
-    for a database that is not a bake-tracker one, ``SchemaUpgradeError`` if a step fails.
+    Raises ``LockedError`` if another migrator holds the migration lock or a writer a table,
+    ``SchemaMissingError`` for a database that is not a bake-tracker one,
+    ``SchemaUpgradeError`` if a step fails.
     On SQLite and PostgreSQL a failure or interruption leaves the database as it was; on
     MariaDB the steps before it stay committed and a re-run completes the upgrade.
     """
@@ -920,12 +918,15 @@ def upgrade_schema(
     if dry_run or plan.already_current:
         return UpgradeReport(plan=plan, dry_run=dry_run)
     backup_result = backup() if backup is not None else None
-    if engine.dialect.name == "sqlite":
-        report = _upgrade_sqlite(engine, on_step)
-    elif engine.dialect.name == "postgresql":
-        report = _upgrade_postgresql(engine, on_step, lock_timeout)
-    else:
-        report = _upgrade_mariadb(engine, on_step, lock_timeout)
+    # The migration lock of run and rollback: an upgrade never runs beside either.
+    lock_wait = lock_timeout if lock_timeout is not None else MAX_LOCK_TIMEOUT_S
+    with migration_lock(engine, lock_wait):
+        if engine.dialect.name == "sqlite":
+            report = _upgrade_sqlite(engine, on_step)
+        elif engine.dialect.name == "postgresql":
+            report = _upgrade_postgresql(engine, on_step, lock_timeout)
+        else:
+            report = _upgrade_mariadb(engine, on_step, lock_timeout)
     return replace(report, backup=backup_result)
 
 
@@ -1039,11 +1040,6 @@ def _upgrade_postgresql(
     with engine.connect() as conn, conn.begin():
         if lock_timeout is not None:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
-        locked = conn.execute(
-            sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY}
-        ).scalar()
-        if not locked:
-            raise LockedError("another upgrade-schema is running on this database; retry later")
         plan = _plan(conn)
         if plan.already_current:  # another upgrade finished meanwhile
             return UpgradeReport(plan=plan, dry_run=False)
@@ -1059,11 +1055,6 @@ def _upgrade_mariadb(
     with engine.connect() as conn:
         # Every DDL statement commits anyway; autocommit keeps SQLAlchemy from pretending.
         conn.execution_options(isolation_level="AUTOCOMMIT")
-        database = str(conn.exec_driver_sql("SELECT DATABASE()").scalar() or "")
-        # GET_LOCK names are server-wide and at most 64 characters: one name per database.
-        lock = "snapshot_backfill_upgrade_" + hashlib.sha256(database.encode()).hexdigest()[:32]
-        if conn.execute(sa.text("SELECT GET_LOCK(:lock, 0)"), {"lock": lock}).scalar() != 1:
-            raise LockedError("another upgrade-schema is running on this database; retry later")
         saved_timeout = conn.exec_driver_sql("SELECT @@SESSION.lock_wait_timeout").scalar()
         try:
             if lock_timeout is not None:
@@ -1075,5 +1066,4 @@ def _upgrade_mariadb(
             done = _run_steps(conn, plan, on_step)
         finally:
             conn.exec_driver_sql(f"SET SESSION lock_wait_timeout = {int(str(saved_timeout))}")
-            conn.execute(sa.text("SELECT RELEASE_LOCK(:lock)"), {"lock": lock})
     return UpgradeReport(plan=plan, dry_run=False, steps_executed=done)

@@ -359,6 +359,8 @@ class ProductionRunFactory(BaseFactory):
     loss_quantity = factory.Faker("random_element", elements=(0, 0, 0, 1, 2, 5))
     actual_yield = factory.LazyAttribute(lambda o: max(0, o.expected_yield - o.loss_quantity))
     produced_at = _history_date()
+    # Recorded when produced: history, as a backfill finds it (not a run of the last minutes).
+    created_at = factory.SelfAttribute("produced_at")
     notes = factory.Faker(
         "random_element", elements=(None, "Holiday order", "Bake sale", "Oven ran hot")
     )
