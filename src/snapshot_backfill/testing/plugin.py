@@ -35,8 +35,10 @@ import pytest
 from sqlalchemy.engine import URL, Engine
 
 from snapshot_backfill.database import open_engine, resolve_url
+from snapshot_backfill.errors import BackfillError
 
 if TYPE_CHECKING:
+    from snapshot_backfill.testing.battery_run import BatteryRun
     from snapshot_backfill.testing.expectations import StateInfo
 
 URL_OPTION = "--snapshot-backfill-url"
@@ -69,6 +71,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="the batch size the battery runs the migrator with (default: the migrator's)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a URL that cannot be one before anything runs, in one line."""
+    for option in (URL_OPTION, SCRATCH_URL_OPTION):
+        value = config.getoption(option)
+        if value is not None:
+            try:
+                resolve_url(value)
+            except BackfillError as exc:
+                raise pytest.UsageError(f"{option}: {exc}") from None
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
@@ -142,18 +155,22 @@ def state_params() -> list[Any]:
 
 
 @pytest.fixture(scope="session")
-def snapshot_backfill_battery(pytestconfig: pytest.Config) -> Iterator[Any]:
+def snapshot_backfill_battery(pytestconfig: pytest.Config) -> BatteryRun:
     """The battery, run once on a scratch copy of ``--snapshot-backfill-url``'s database."""
-    from snapshot_backfill.testing.battery_run import (  # type: ignore[import-not-found]
-        run_on_copy,
-    )
+    try:
+        from snapshot_backfill.testing.battery_run import run_on_copy
+    except ImportError as exc:  # a tree without the battery (testing.battery, .scratch)
+        pytest.skip(f"the battery is not installed: {exc}")
 
     url = pytestconfig.getoption(URL_OPTION)
     if url is None:
         pytest.skip(f"pass {URL_OPTION} URL to run the battery")
     scratch_url = pytestconfig.getoption(SCRATCH_URL_OPTION)
-    yield run_on_copy(
-        resolve_url(url),
-        scratch_url=resolve_url(scratch_url) if scratch_url else None,
-        batch_size=pytestconfig.getoption(BATCH_SIZE_OPTION),
-    )
+    try:
+        return run_on_copy(
+            resolve_url(url),
+            scratch_url=resolve_url(scratch_url) if scratch_url else None,
+            batch_size=pytestconfig.getoption(BATCH_SIZE_OPTION),
+        )
+    except BackfillError as exc:  # no database there, no rights to copy it, ...
+        pytest.fail(f"the battery cannot run on {url}: {exc}", pytrace=False)
