@@ -48,6 +48,7 @@ PLAN = {
     "undated_run_ids": LIST,
     "recipe_errors": LIST,
     "per_recipe": LIST,
+    "max_run_id": OPTIONAL_INT,
 }
 RECIPE_ERROR = {"recipe_id": INT, "runs": INT, "error": STR}
 PER_RECIPE = {"recipe_id": INT, "recipe_name": (str, type(None)), **COUNTS}
@@ -61,6 +62,8 @@ RUN = {
     "batches": INT,
     "duration_s": (float,),
     "interrupted": BOOL,
+    "too_recent": INT,
+    "longest_batch_s": (float,),
     "run_token": STR,
     "tool_version": STR,
     "database": STR,
@@ -90,6 +93,7 @@ ROLLBACK = {
     "left_alone": INT,
     "batches": INT,
     "duration_s": (float,),
+    "interrupted": BOOL,
 }
 UPGRADE = {
     "already_current": BOOL,
