@@ -455,9 +455,10 @@ def _run_and_kill(engine: Engine, batch_size: int) -> Optional[int]:
     """
     env = {**os.environ, ENV_VAR: _child_url(engine)}
     command = [sys.executable, "-m", "snapshot_backfill", "run", "--yes", "--quiet"]
-    command += ["--batch-size", str(batch_size)]
-    if is_sqlite(engine):
-        command.append("--no-backup")
+    # The batch size as given, not adapted: the kill must land between committed batches.
+    command += ["--batch-size", str(batch_size), "--max-batch-seconds", "0", "--min-age", "0"]
+    # A scratch copy needs no backup; on a server the run refuses to write without saying so.
+    command.append("--no-backup" if is_sqlite(engine) else "--backup-taken")
     child = subprocess.Popen(
         command,
         env=env,
