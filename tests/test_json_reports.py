@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from test_reliability import cli, recipe_with_most_runs_to_migrate, relax_produced_at
 
 from snapshot_backfill import __version__, backfill
 from snapshot_backfill.backfill import MAX_PROBLEMS_LISTED, RunError
@@ -25,6 +24,9 @@ from snapshot_backfill.errors import EXIT_FAILED, EXIT_OK
 from snapshot_backfill.models import production_runs, recipe_ingredients, recipes
 from snapshot_backfill.testing import blueprint, expectations
 from snapshot_backfill.testing.backends import Backend
+
+from cli_process import cli
+from test_reliability import recipe_with_most_runs_to_migrate, relax_produced_at
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

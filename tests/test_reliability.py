@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,38 +28,9 @@ from snapshot_backfill.models import production_runs, recipe_ingredients, recipe
 from snapshot_backfill.testing import expectations, fingerprint, states
 from snapshot_backfill.testing.backends import Backend
 
-PROCESS_TIMEOUT_S = 120
+from cli_process import Result, cli
+
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
-
-
-class Result:
-    def __init__(self, completed: subprocess.CompletedProcess[str]) -> None:
-        self.code = completed.returncode
-        self.stdout = completed.stdout
-        self.stderr = completed.stderr
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def __repr__(self) -> str:
-        return f"exit {self.code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}"
-
-
-def cli(*argv: str, cwd: Optional[Path] = None) -> Result:
-    """``snapshot-backfill ARGV`` in a new process (no terminal, no inherited database URL)."""
-    env = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
-    return Result(
-        subprocess.run(
-            [sys.executable, "-m", "snapshot_backfill", *argv],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=PROCESS_TIMEOUT_S,
-            cwd=cwd,
-            env=env,
-        )
-    )
 
 
 def recipe_with_most_runs_to_migrate(info: expectations.StateInfo) -> tuple[int, list[int]]:

@@ -23,7 +23,6 @@ from typing import Any, Optional
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from test_reliability import relax_produced_at
 
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import EXIT_FAILED, EXIT_OK
@@ -31,6 +30,8 @@ from snapshot_backfill.journal import journal
 from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import expectations, factories, running
 from snapshot_backfill.testing.backends import Backend
+
+from test_reliability import relax_produced_at
 
 PROCESS_TIMEOUT_S = 120
 runs = production_runs
