@@ -252,6 +252,13 @@ def test_a_no_op_run_leaves_the_statistics_alone(
 ) -> None:
     build_state("already_migrated")
     engine = backend.make_engine()
+    if not backend.is_sqlite:
+        # Settled first: InnoDB recalculates the statistics of a freshly filled table in the
+        # background, which would look like the no-op run refreshing them.
+        with engine.connect() as conn:
+            table = "TABLE production_runs" if backend.kind == "mariadb" else "production_runs"
+            conn.exec_driver_sql(f"ANALYZE {table}").close()
+            conn.commit()
     before = _statistics_stamp(engine)
     time.sleep(1.1)
     report = backfill.run(engine)

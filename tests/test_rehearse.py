@@ -31,7 +31,9 @@ from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
 from snapshot_backfill.testing.scratch import MARKER_TABLE, SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
 
-pytestmark = pytest.mark.slow
+# One worker runs them all: every rehearsal removes the leftovers of dead rehearsals on its
+# server, so one running beside a test that plants a leftover would remove it first.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("rehearse")]
 
 PROCESS_TIMEOUT_S = 300
 CHECKS = {
@@ -315,8 +317,8 @@ def test_ctrl_c_removes_the_scratch_and_exits_130(
     process = start(backend, scratch_dir)
     _wait_for_scratch(backend, scratch_dir, process)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=PROCESS_TIMEOUT_S)
-    assert process.returncode == EXIT_INTERRUPTED, err
+    out, err = process.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert process.returncode == EXIT_INTERRUPTED, (out, err)
     assert scratch_names(backend, scratch_dir, process.pid) == []
     fingerprint.assert_same(before, take(backend), "an interrupted rehearsal changed its source")
 

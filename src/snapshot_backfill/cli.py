@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import textwrap
@@ -21,7 +20,6 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, NoReturn, Optional, TextIO
 
 from sqlalchemy.engine import URL, Engine
@@ -49,6 +47,7 @@ from .errors import (
     BadInputError,
     InterruptedRunError,
 )
+from .interrupts import Interrupts
 from .locking import DEFAULT_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
 from .models import pre_snapshot_metadata
 from .pacing import DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MIN_AGE_S
@@ -57,6 +56,7 @@ DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
 _DEMO_SIDE_FILES = ("-journal", "-wal", "-shm", ".snapshot-backfill.lock")
 MIN_SQLITE_BUSY_TIMEOUT_S = 5.0
 WRITING_COMMANDS = ("run", "rollback", "upgrade-schema")
+INTERRUPTS = Interrupts()
 
 
 class Output:
@@ -433,6 +433,7 @@ class _ProgressPrinter:
         self.last_line = 0.0
 
     def __call__(self, progress: backfill.Progress) -> None:
+        INTERRUPTS.check()  # between batches: where an interruption lost in a finalizer stops
         if self.out.quiet:
             return
         if self.stream.isatty():
@@ -744,7 +745,13 @@ def cmd_rehearse(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
     _check_report_path(args.report)
     scratch_url = resolve_url(args.scratch_url) if args.scratch_url else None
 
+    def on_phase(phase: str) -> None:
+        INTERRUPTS.check()
+        if phase == "battery":
+            out.say("Checks:")
+
     def on_check(finding: Any) -> None:
+        INTERRUPTS.check()
         ids = f" (runs {_ids(list(finding.run_ids))})" if finding.run_ids else ""
         out.say(f"  {'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}{ids}")
 
@@ -764,7 +771,7 @@ def cmd_rehearse(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
             scratch_url=scratch_url,
             batch_size=args.batch_size,
             max_batch_seconds=args.max_batch_seconds,
-            on_phase=lambda phase: out.say("Checks:") if phase == "battery" else None,
+            on_phase=on_phase,
             on_check=on_check,
             on_leftover=on_leftover,
         )
@@ -879,10 +886,6 @@ def _apply_app_default(args: argparse.Namespace, out: Output) -> None:
     args.database_url = str(chosen.path)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
-    raise KeyboardInterrupt
-
-
 def main(
     argv: Optional[Sequence[str]] = None,
     *,
@@ -905,13 +908,10 @@ def main(
         _apply_app_default(args, out)
         # A polite kill (SIGTERM) stops between batches like Ctrl-C does; and Ctrl-C works
         # even where the process was started with SIGINT ignored (a background job).
-        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            return COMMANDS[args.command](args, out, stdin)
-        finally:
-            signal.signal(signal.SIGTERM, previous_term)
-            signal.signal(signal.SIGINT, previous_int)
+        with INTERRUPTS.installed():
+            code = COMMANDS[args.command](args, out, stdin)
+            INTERRUPTS.check()  # one lost in a finalizer: the command was still interrupted
+            return code
     except InterruptedRunError as exc:
         out.error(str(exc))
         return exc.exit_code

@@ -407,18 +407,27 @@ def _sqlite_scratch(source: Engine) -> Iterator[Scratch]:
 def _created_scratch(source: Engine, chunk_rows: int) -> Iterator[Scratch]:
     name = _new_name("_", SCRATCH_PREFIX)
     admin = _admin(source)
+    # May exist from the moment CREATE is sent: a Ctrl-C that lands while it runs, or while
+    # its connection closes, must still drop it. A CREATE the server refused leaves nothing.
+    may_exist = True
     try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote(name)}")
         try:
-            url = source.url.set(database=name)
-            scratch = Scratch(url=url, kind="created", name=name)
-            yield from _filled(source, scratch, chunk_rows)
-        finally:
             with admin.connect() as conn:
-                _drop_database(conn, name)
+                quoted = conn.dialect.identifier_preparer.quote(name)
+                conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+        except Exception:
+            may_exist = False
+            raise
+        url = source.url.set(database=name)
+        scratch = Scratch(url=url, kind="created", name=name)
+        yield from _filled(source, scratch, chunk_rows)
     finally:
-        admin.dispose()
+        try:
+            if may_exist:
+                with admin.connect() as conn:
+                    _drop_database(conn, name)
+        finally:
+            admin.dispose()
 
 
 @contextlib.contextmanager
