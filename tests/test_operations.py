@@ -585,6 +585,8 @@ def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend)
         ).scalar_one()
     assert linked is None
     text = cli("run", *writing(backend), "--no-backup")
+    # Said on the screen before the question, and in the report after the run.
+    assert "Of these, 1 runs created in the last 300 seconds are left" in text.stdout, text
     assert "left to the application: 1 runs" in text.stdout, text
     now = cli("run", *writing(backend), "--no-backup", "--min-age", "0", "--json")
     assert now.code == EXIT_OK and now.json["migrated"] == 1 and now.json["too_recent"] == 0, now

@@ -773,6 +773,13 @@ def run(
     return report
 
 
+def count_too_recent(engine: Engine, min_age_s: float) -> int:
+    """Unlinked runs with a recipe created in the last ``min_age_s`` seconds: a run leaves them."""
+    if min_age_s <= 0:
+        return 0
+    return _count_left(engine, _Bounds(upto=None, cutoff=utc_now() - timedelta(seconds=min_age_s)))
+
+
 def _count_left(engine: Engine, bounds: _Bounds) -> int:
     """Unlinked runs with a recipe that the bounds left to the application."""
     outside = []

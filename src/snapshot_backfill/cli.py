@@ -598,6 +598,12 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
         if not out.as_json:
             _print_plan(out, the_plan, database, all_recipes=args.all_recipes)
         if the_plan.work:
+            young = backfill.count_too_recent(engine, args.min_age)
+            if young and not out.as_json:
+                out.say(
+                    f"Of these, {young:,} runs created in the last {args.min_age:g} seconds are "
+                    "left to the application (--min-age)."
+                )
             question = _run_question(the_plan, database)
             _before_writing(out, engine, args, stdin, question)
         try:
