@@ -3,11 +3,12 @@ shows in exactly the table it touches."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -15,7 +16,13 @@ from sqlalchemy.engine import Engine
 from snapshot_backfill.database import open_engine
 from snapshot_backfill.models import production_runs
 from snapshot_backfill.testing.backends import SQLITE, Backend, provision
-from snapshot_backfill.testing.digest import TableDigest, changed_tables, table_digests
+from snapshot_backfill.testing.digest import (
+    TableDigest,
+    changed_tables,
+    normaliser_for,
+    raw_text,
+    table_digests,
+)
 from snapshot_backfill.testing.expectations import StateInfo
 
 KINDS = sa.MetaData()
@@ -167,3 +174,58 @@ def test_a_sqlite_file_is_read_without_being_written(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert first["digest_values"].rows == len(ROWS)
+
+
+# --- the canonical text each backend's values are reduced to ---------------------------------
+# Each row: a column type, what one driver gives, and the text every backend's spelling of that
+# value must become (so equal content digests alike on SQLite, PostgreSQL and MariaDB).
+CANONICAL_CASES = [
+    (sa.Numeric(), Decimal("1.50"), "1.5"),
+    (sa.Numeric(), 1.5, "1.5"),
+    (sa.Numeric(), " 1.500 ", "1.5"),  # SQLite text in a numeric column
+    (sa.Numeric(), "a pinch", "a pinch"),  # SQLite keeps what is not a number as it is
+    (sa.Numeric(), Decimal("-0.000"), "0"),
+    (sa.Numeric(), Decimal("1E+3"), "1000"),
+    (sa.Float(), float("nan"), "nan"),
+    (sa.Numeric(), Decimal("Infinity"), "infinity"),
+    (sa.Boolean(), True, "1"),
+    (sa.Integer(), "7", "7"),
+    (sa.DateTime(), "2024-01-02 03:04:05", "2024-01-02T03:04:05"),
+    (sa.DateTime(), "2024-01-02T03:04:05Z", "2024-01-02T03:04:05"),
+    (
+        sa.DateTime(),
+        datetime(2024, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1))),
+        "2024-01-02T03:04:05",
+    ),
+    (sa.DateTime(), date(2024, 1, 2), "2024-01-02T00:00:00"),
+    (sa.DateTime(), "not a date", "not a date"),
+    (sa.Date(), "2024-01-02", "2024-01-02"),
+    (sa.Date(), datetime(2024, 1, 2), "2024-01-02"),
+    (sa.Date(), "2024-13-45", "2024-13-45"),
+    (sa.Time(), timedelta(hours=7, minutes=30), "07:30:00"),  # PyMySQL's TIME
+    (sa.Time(), "07:30:00", "07:30:00"),
+    (sa.Time(), "late", "late"),
+    (sa.JSON(), '{"b": 1, "a": [1, 2]}', '{"a":[1,2],"b":1}'),
+    (sa.JSON(), {"a": [1, 2], "b": 1}, '{"a":[1,2],"b":1}'),  # psycopg parses JSON
+    (sa.JSON(), "{not json", "{not json"),
+    (sa.LargeBinary(), b"\x00\xff", "00ff"),
+    (sa.Text(), None, None),
+    (sa.Text(), ["x"], '["x"]'),
+]
+
+
+@pytest.mark.parametrize("column_type, value, text", CANONICAL_CASES)
+def test_every_spelling_of_a_value_becomes_one_canonical_text(
+    column_type: Any, value: Any, text: Optional[str]
+) -> None:
+    assert normaliser_for(column_type)(value) == text
+
+
+def test_raw_text_keeps_the_type_visible() -> None:
+    assert [raw_text(v) for v in (1, 1.0, "1", True, b"\x01")] == [
+        "1",
+        "1.0",
+        "'1'",
+        "True",
+        "bytes:01",
+    ]

@@ -685,7 +685,8 @@ def _link_isolating_failures(
     if attempted > 1 and len(failures) == attempted:
         # Every run failing the same way is the database refusing, not bad rows: stop.
         raise RunAbortedError(
-            f"every run of a batch failed (runs {failures[0].run_id}..{failures[-1].run_id}); "
+            f"every run of a batch failed (runs {min(f.run_id for f in failures)}.."
+            f"{max(f.run_id for f in failures)}); "
             f"stopping: {failures[0].error}"
         )
     report.errors.extend(failures)

@@ -139,9 +139,14 @@ class Fingerprint:
         names = set(self.tables) | set(other.tables)
         return sorted(n for n in names if self.tables.get(n) != other.tables.get(n))
 
-    def diff(self, other: Fingerprint, limit: int = MAX_DIFF_LINES) -> str:
-        """Describe, line by line, how ``other`` differs from this fingerprint."""
-        lines = list(_diff_lines(self, other))
+    def diff(
+        self,
+        other: Fingerprint,
+        limit: int = MAX_DIFF_LINES,
+        tables: Optional[Iterable[str]] = None,
+    ) -> str:
+        """Describe, line by line, how ``other`` differs from this fingerprint (in ``tables``)."""
+        lines = list(_diff_lines(self, other, None if tables is None else set(tables)))
         if len(lines) > limit:
             lines = [*lines[:limit], f"... and {len(lines) - limit} more lines"]
         return "\n".join(lines) if lines else "(no difference)"
@@ -320,10 +325,12 @@ def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
 # --- comparing ---------------------------------------------------------------------------
 
 
-def _diff_lines(a: Fingerprint, b: Fingerprint) -> Iterable[str]:
+def _diff_lines(a: Fingerprint, b: Fingerprint, only: Optional[set[str]] = None) -> Iterable[str]:
     if a.normalized != b.normalized:
         yield "(comparing a normalized fingerprint with a raw one)"
     for name in sorted(set(a.tables) | set(b.tables)):
+        if only is not None and name not in only:
+            continue
         if name not in b.tables:
             yield f"table {name}: removed (had {a.tables[name].row_count} rows)"
             continue

@@ -142,7 +142,7 @@ def check_writes(
             _fail(
                 f"the run changed table {name}, which it must not touch",
                 where,
-                differences=before.diff(after),
+                differences=before.diff(after, tables=[name]),
             )
     snaps = changed_rows(before, after, "recipe_snapshots")
     after_snapshots = after.tables["recipe_snapshots"]
