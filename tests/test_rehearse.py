@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import sqlalchemy as sa
+from filelock import FileLock
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill.database import open_engine
@@ -31,9 +32,18 @@ from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
 from snapshot_backfill.testing.scratch import MARKER_TABLE, SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
 
-# One worker runs them all: every rehearsal removes the leftovers of dead rehearsals on its
-# server, so one running beside a test that plants a leftover would remove it first.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("rehearse")]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_rehearsal_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every rehearsal removes the leftovers of dead rehearsals on its server (and a killed
+    one may have removed them before it died), so a test that plants a leftover must run
+    alone. A file lock beside the workers' temporary directories orders them (pytest-xdist's
+    loadgroup does not group these tests with pytest 9)."""
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "rehearse.lock")):
+        yield
+
 
 PROCESS_TIMEOUT_S = 300
 CHECKS = {
@@ -345,10 +355,13 @@ def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_
     before = take(backend)
     process, left = _kill_leaving_a_scratch(backend, scratch_dir)
     fingerprint.assert_same(before, take(backend), "a killed rehearsal changed its source")
-    code, out, err = rehearse(backend, scratch_dir)
-    assert code == EXIT_OK, err
+    next_one = start(backend, scratch_dir)
+    out, err = next_one.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert next_one.returncode == EXIT_OK, err
     for name in left:
-        assert any(name in line and "removed" in line for line in out.splitlines()), out
+        assert any(name in line and ": removed (" in line for line in out.splitlines()), (
+            f"killed {process.pid}, left {left}; the next ({next_one.pid}) printed:\n{out}{err}"
+        )
     assert scratch_names(backend, scratch_dir, process.pid) == []
     fingerprint.assert_same(before, take(backend), "the rehearsal after a kill changed its source")
 
