@@ -3,10 +3,10 @@
 For each backend: a production-shaped database of N runs (``datagen.py``), then ``run`` in
 its own process while a simulated application, in this one, records runs (single-row
 INSERTs), touches runs (UPDATE of ``updated_at``, as its ORM writes it) and renames a recipe,
-one operation after another, each in its own transaction with the application's 5 s busy
-timeout. Each operation's wait is timed; the table gives the max and p99 per operation,
-next to the run's throughput, once with the defaults and once with a tight
-``--max-batch-seconds``.
+one operation after another (10 ms apart, ``--think-ms``), each in its own transaction with
+the application's 5 s busy timeout. Each operation's wait is timed; the table gives the max
+and p99 per operation, next to the run's throughput, once with the defaults and once with a
+tight ``--max-batch-seconds``.
 
     python benchmarks/app_impact.py --runs 100000 [--postgresql-url URL] [--mariadb-url URL]
 """
@@ -78,8 +78,13 @@ def _application(url: str, kind: str) -> sa.Engine:
     return sa.create_engine(url, pool_size=1)
 
 
-def measure(kind: str, url: str, options: list[str]) -> dict[str, Any]:
-    """Run the migrator on ``url`` while the application writes; return the waits."""
+def measure(kind: str, url: str, options: list[str], think_s: float) -> dict[str, Any]:
+    """Run the migrator on ``url`` while the application writes; return the waits.
+
+    The application pauses ``think_s`` between operations (a user's pace is far slower): with
+    no pause at all, its back-to-back SQLite transactions would keep the migrator from ever
+    taking the write lock, which is a benchmark of the loop, not of the migrator.
+    """
     app = _application(url, kind)
     waits: dict[str, list[float]] = {op: [] for op in OPERATIONS}
     errors: dict[str, int] = {op: 0 for op in OPERATIONS}
@@ -94,51 +99,56 @@ def measure(kind: str, url: str, options: list[str]) -> dict[str, Any]:
     template.pop("id")
     template.pop("uuid")
     backup = ["--backup-taken"] if kind != "sqlite" else ["--no-backup"]
-    migrator = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "snapshot_backfill", "run", "--database-url", url, "--yes"),
-            *(*backup, "--json", "--min-age", "0", *options),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    i = 0
-    renamed = False
-    while migrator.poll() is None:
-        i += 1
-        op = OPERATIONS[i % 2]
-        if not renamed and i > 200:
-            op, renamed = "rename recipe", True
-        started = time.perf_counter()
-        try:
-            with app.begin() as conn:
-                if op == "insert run":
-                    conn.execute(
-                        sa.insert(production_runs).values(**template, uuid=str(uuid.uuid4()))
-                    )
-                elif op == "update run":
-                    conn.execute(
-                        sa.update(production_runs)
-                        .where(production_runs.c.id == 1 + (i * 7919) % top)
-                        .values(updated_at=datagen.START)
-                    )
-                else:
-                    conn.execute(
-                        sa.update(recipes)
-                        .where(recipes.c.id == recipe_id)
-                        .values(name=sa.func.concat(recipes.c.name, " (renamed)"))
-                        if kind != "sqlite"
-                        else sa.update(recipes)
-                        .where(recipes.c.id == recipe_id)
-                        .values(name=recipes.c.name + " (renamed)")
-                    )
-        except sa.exc.OperationalError:
-            errors[op] += 1
-        waits[op].append(time.perf_counter() - started)
-    out, _ = migrator.communicate()
-    app.dispose()
-    report = json.loads(out)
+    # The report goes to a file: a pipe read only at the end would fill up (the JSON of a run
+    # of 100k runs is larger than a pipe's buffer) and block the migrator before it exits.
+    with tempfile.TemporaryFile(mode="w+") as report_file:
+        migrator = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "snapshot_backfill", "run", "--database-url", url, "--yes"),
+                *(*backup, "--json", "--min-age", "0", *options),
+            ],
+            stdout=report_file,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        i = 0
+        renamed = False
+        while migrator.poll() is None:
+            i += 1
+            op = OPERATIONS[i % 2]
+            if not renamed and i > 200:
+                op, renamed = "rename recipe", True
+            started = time.perf_counter()
+            try:
+                with app.begin() as conn:
+                    if op == "insert run":
+                        conn.execute(
+                            sa.insert(production_runs).values(**template, uuid=str(uuid.uuid4()))
+                        )
+                    elif op == "update run":
+                        conn.execute(
+                            sa.update(production_runs)
+                            .where(production_runs.c.id == 1 + (i * 7919) % top)
+                            .values(updated_at=datagen.START)
+                        )
+                    else:
+                        conn.execute(
+                            sa.update(recipes)
+                            .where(recipes.c.id == recipe_id)
+                            .values(name=sa.func.concat(recipes.c.name, " (renamed)"))
+                            if kind != "sqlite"
+                            else sa.update(recipes)
+                            .where(recipes.c.id == recipe_id)
+                            .values(name=recipes.c.name + " (renamed)")
+                        )
+            except sa.exc.OperationalError:
+                errors[op] += 1
+            waits[op].append(time.perf_counter() - started)
+            time.sleep(think_s)
+        migrator.wait()
+        app.dispose()
+        report_file.seek(0)
+        report = json.loads(report_file.read())
     linked = report["migrated"] + report["linked_existing"]
     return {
         "runs_per_s": linked / report["duration_s"] if report["duration_s"] else 0.0,
@@ -163,6 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--mariadb-url")
     parser.add_argument("--tight", default="0.05", help="the tight --max-batch-seconds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--think-ms", type=float, default=10.0, help="the application's pause between operations"
+    )
     args = parser.parse_args(argv)
     backends = [("sqlite", None)]
     backends += [("postgresql", args.postgresql_url)] if args.postgresql_url else []
@@ -177,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for label, options in settings:
                 url, drop = _fresh(kind, server, Path(tmp), args.runs)
                 try:
-                    figures = measure(kind, url, options)
+                    figures = measure(kind, url, options, args.think_ms / 1000)
                 finally:
                     drop()
                 results.append({"backend": kind, "setting": label, **figures})
