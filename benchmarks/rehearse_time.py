@@ -9,7 +9,8 @@ directory; PostgreSQL/MariaDB: a new database on the server of
 the end). Then, each in a process of its own under ``peak_rss.py``:
 ``snapshot-backfill rehearse --json`` on it (the source is only read), then
 ``snapshot-backfill run --yes --no-backup --json`` on the same database. Prints one line per
-command (wall time, peak RSS, and for the rehearsal its phases and verdict).
+command (wall time, peak RSS, and for the rehearsal its phases, its verdict, and whether the
+source's table digests, and a SQLite file's bytes and side files, are unchanged).
 """
 
 from __future__ import annotations
@@ -78,6 +79,28 @@ def _database(backend: str, directory: Path, n: int) -> Iterator[str]:
         admin.dispose()
 
 
+def _source_state(url: str) -> tuple[Any, ...]:
+    """What must not change while the source is rehearsed: each table's digest (streamed),
+    and for a SQLite file its bytes and which side files exist."""
+    import hashlib
+
+    from snapshot_backfill.database import is_sqlite, open_engine, resolve_url, sqlite_path
+    from snapshot_backfill.testing.digest import table_digests
+    from snapshot_backfill.testing.running import sqlite_files
+
+    resolved = resolve_url(url)
+    engine = open_engine(resolved)
+    try:
+        digests = table_digests(engine)
+    finally:
+        engine.dispose()
+    if not is_sqlite(resolved):
+        return (digests,)
+    path = sqlite_path(resolved)
+    assert path is not None
+    return digests, hashlib.sha256(path.read_bytes()).hexdigest(), sqlite_files(path)
+
+
 def _measure(*argv: str) -> tuple[float, int, dict[str, Any]]:
     """Run ``snapshot-backfill ARGV`` under peak_rss.py: wall seconds, peak kB, its JSON."""
     with tempfile.NamedTemporaryFile(suffix=".kb") as peak:
@@ -123,16 +146,20 @@ def main() -> int:
                     env_tmp = Path(tmp) / "scratch"
                     env_tmp.mkdir(exist_ok=True)
                     os.environ["TMPDIR"] = str(env_tmp)
+                    before = _source_state(url)
                     wall, kb, doc = _measure(
                         "rehearse", "--database-url", url, "--json", "--batch-size", args.batch_size
                     )
+                    unchanged = _source_state(url) == before
                     phases = ", ".join(f"{k} {v:.1f}" for k, v in doc["timings_s"].items())
                     print(
                         f"{backend} {n} runs: rehearse {wall:.1f} s, peak RSS {kb / 1024:.0f} MiB, "
-                        f"verdict {doc['verdict']}, longest batch {doc['longest_batch_s']} s; "
-                        f"phases (s): {phases}",
+                        f"verdict {doc['verdict']}, longest batch {doc['longest_batch_s']} s, "
+                        f"source {'unchanged' if unchanged else 'CHANGED'}; phases (s): {phases}",
                         flush=True,
                     )
+                    if not unchanged:
+                        raise SystemExit(f"rehearse changed its source {url}")
                     wall, kb, doc = _measure(
                         "run", "--database-url", url, "--yes", "--no-backup", "--json",
                         "--batch-size", args.batch_size,
