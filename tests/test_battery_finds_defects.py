@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
-from snapshot_backfill.database import transaction_without_foreign_keys
-from snapshot_backfill.models import production_runs, recipe_snapshots, recipes
+from snapshot_backfill.models import recipes
 from snapshot_backfill.testing import battery
 from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
+
+from planted import execute_without_foreign_keys, link, set_snapshot, snapshot_of, unlink
 
 
 @pytest.fixture
@@ -31,15 +32,10 @@ def sample(sqlite_backend: Backend, state_templates: object) -> Iterator[tuple[E
     engine.dispose()
 
 
-def _execute(engine: Engine, statement: object) -> None:
-    with transaction_without_foreign_keys(engine) as conn:
-        conn.execute(statement)  # type: ignore[call-overload]
-
-
 def test_plan_is_pure_names_a_table_that_changed(sample: tuple[Engine, StateInfo]) -> None:
     engine, info = sample
     before = battery.digests(engine)
-    _execute(
+    execute_without_foreign_keys(
         engine, sa.update(recipes).where(recipes.c.id == min(info.recipe_ids)).values(notes="x")
     )
     finding = battery.check_plan_is_pure(engine, before)
@@ -81,11 +77,8 @@ def test_verify_passes_after_names_the_kind_and_the_run(sample: tuple[Engine, St
     engine, info = sample
     backfill.run(engine)
     run_id = min(info.to_migrate)
-    _execute(
-        engine,
-        sa.update(recipe_snapshots)
-        .where(recipe_snapshots.c.production_run_id == run_id)
-        .values(scale_factor=3.0),
+    execute_without_foreign_keys(
+        engine, set_snapshot(snapshot_of(engine, run_id), scale_factor=3.0)
     )
     finding = battery.check_verify_passes_after(engine)
     assert not finding.ok
@@ -99,12 +92,7 @@ def test_second_run_writes_nothing_fails_when_the_second_run_links(
     engine, info = sample
     backfill.run(engine)
     run_id = min(info.to_link_existing)
-    _execute(
-        engine,
-        sa.update(production_runs)
-        .where(production_runs.c.id == run_id)
-        .values(recipe_snapshot_id=None),
-    )
+    execute_without_foreign_keys(engine, unlink(run_id))
     finding = battery.check_second_run_writes_nothing(engine)
     assert not finding.ok
     assert "the second run migrated 0, linked 1, changed tables: " in finding.detail
@@ -120,12 +108,7 @@ def test_rollback_restores_start_names_the_runs_it_left_linked(
     # A link the journal does not hold: rollback leaves it, so the runs differ from the start.
     orphan = min(info.orphaned)
     snapshot_id = min(info.snapshot_ids)
-    _execute(
-        engine,
-        sa.update(production_runs)
-        .where(production_runs.c.id == orphan)
-        .values(recipe_snapshot_id=snapshot_id),
-    )
+    execute_without_foreign_keys(engine, link(orphan, snapshot_id))
     finding = battery.check_rollback_restores_start(engine, start)
     assert not finding.ok
     assert finding.detail == "after rollback these tables differ from the start: production_runs"

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
-from snapshot_backfill.database import transaction_without_foreign_keys
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import production_runs, recipe_snapshots, recipes
 from snapshot_backfill.testing import fingerprint
@@ -38,6 +37,8 @@ from snapshot_backfill.testing.invariants import (
 )
 from snapshot_backfill.testing.running import run_backfill
 
+from planted import execute_without_foreign_keys, link, set_snapshot, snapshot_of, unlink
+
 
 @dataclass
 class Migrated:
@@ -51,8 +52,7 @@ class Migrated:
     report: backfill.RunReport
 
     def execute(self, statement: Any) -> None:
-        with transaction_without_foreign_keys(self.engine) as conn:
-            conn.execute(statement)
+        execute_without_foreign_keys(self.engine, statement)
 
     def after(self) -> Fingerprint:
         return fingerprint.take(self.engine)
@@ -60,13 +60,7 @@ class Migrated:
     def migrated_snapshot(self) -> tuple[int, int]:
         """(run id, snapshot id) of the first run the backfill gave a new snapshot."""
         run_id = min(self.info.to_migrate)
-        with self.engine.connect() as conn:
-            snapshot_id = conn.execute(
-                sa.select(recipe_snapshots.c.id).where(
-                    recipe_snapshots.c.production_run_id == run_id
-                )
-            ).scalar_one()
-        return run_id, snapshot_id
+        return run_id, snapshot_of(self.engine, run_id)
 
 
 @pytest.fixture
@@ -206,11 +200,7 @@ def test_check_writes_finds_a_snapshot_for_a_run_not_to_migrate(migrated: Migrat
 def test_check_writes_finds_an_orphan_linked(migrated: Migrated) -> None:
     orphan = min(migrated.info.orphaned)
     _, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(production_runs)
-        .where(production_runs.c.id == orphan)
-        .values(recipe_snapshot_id=snapshot_id)
-    )
+    migrated.execute(link(orphan, snapshot_id))
     fails(
         lambda: check_writes(migrated.before, migrated.after(), migrated.info, migrated.where),
         "the run must link exactly the runs to migrate and to link",
@@ -265,9 +255,7 @@ def test_check_backfilled_content_finds_a_wrong_column(
     migrated: Migrated, values: dict[str, Any], fact: str
 ) -> None:
     run_id, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(recipe_snapshots).where(recipe_snapshots.c.id == snapshot_id).values(**values)
-    )
+    migrated.execute(set_snapshot(snapshot_id, **values))
     fails(
         lambda: check_backfilled_content(migrated.engine, migrated.info, migrated.where),
         f"backfilled snapshot {snapshot_id} of run {run_id} is wrong",
@@ -277,9 +265,7 @@ def test_check_backfilled_content_finds_a_wrong_column(
 
 def test_check_backfilled_content_finds_a_snapshot_of_another_recipe(migrated: Migrated) -> None:
     _, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(recipe_snapshots).where(recipe_snapshots.c.id == snapshot_id).values(recipe_id=-5)
-    )
+    migrated.execute(set_snapshot(snapshot_id, recipe_id=-5))
     fails(
         lambda: check_backfilled_content(migrated.engine, migrated.info, migrated.where),
         "recipe_id: -5, expected the run's recipe",
@@ -290,11 +276,7 @@ def test_check_backfilled_content_finds_a_run_not_linked_to_its_snapshot(
     migrated: Migrated,
 ) -> None:
     run_id, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(production_runs)
-        .where(production_runs.c.id == run_id)
-        .values(recipe_snapshot_id=None)
-    )
+    migrated.execute(unlink(run_id))
     fails(
         lambda: check_backfilled_content(migrated.engine, migrated.info, migrated.where),
         f"run {run_id} links None, expected snapshot {snapshot_id}",
@@ -309,11 +291,7 @@ def test_check_links_finds_a_run_linked_to_a_new_snapshot_instead_of_its_own(
 ) -> None:
     run_id, snapshot_id = sorted(migrated.info.to_link_existing.items())[0]
     _, other = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(production_runs)
-        .where(production_runs.c.id == run_id)
-        .values(recipe_snapshot_id=other)
-    )
+    migrated.execute(link(run_id, other))
     fails(
         lambda: check_links_after_run(migrated.engine, migrated.info, migrated.where),
         f"run {run_id}: expected snapshot {snapshot_id}, linked to {other}",
@@ -323,11 +301,7 @@ def test_check_links_finds_a_run_linked_to_a_new_snapshot_instead_of_its_own(
 def test_check_links_finds_an_orphan_given_a_snapshot(migrated: Migrated) -> None:
     orphan = min(migrated.info.orphaned)
     _, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(recipe_snapshots)
-        .where(recipe_snapshots.c.id == snapshot_id)
-        .values(production_run_id=orphan)
-    )
+    migrated.execute(set_snapshot(snapshot_id, production_run_id=orphan))
     fails(
         lambda: check_links_after_run(migrated.engine, migrated.info, migrated.where),
         "orphaned runs must never get a snapshot",
@@ -337,11 +311,7 @@ def test_check_links_finds_an_orphan_given_a_snapshot(migrated: Migrated) -> Non
 
 def test_check_links_finds_a_snapshot_of_a_recipe_that_does_not_exist(migrated: Migrated) -> None:
     _, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(recipe_snapshots)
-        .where(recipe_snapshots.c.id == snapshot_id)
-        .values(recipe_id=9999)
-    )
+    migrated.execute(set_snapshot(snapshot_id, recipe_id=9999))
     fails(
         lambda: check_links_after_run(migrated.engine, migrated.info, migrated.where),
         "snapshots of recipes that do not exist were created",
@@ -354,11 +324,7 @@ def test_check_links_finds_a_snapshot_of_a_recipe_that_does_not_exist(migrated: 
 
 def test_check_verify_finds_problems_left_after_the_run(migrated: Migrated) -> None:
     run_id, _ = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(production_runs)
-        .where(production_runs.c.id == run_id)
-        .values(recipe_snapshot_id=None)
-    )
+    migrated.execute(unlink(run_id))
     report = backfill.verify(migrated.engine)
     fails(
         lambda: check_verify(report, migrated.info, migrated.where, after_run=True),
@@ -406,11 +372,7 @@ def test_check_verify_finds_a_wrong_figure(
 def test_a_bad_json_column_is_shown_as_such(migrated: Migrated) -> None:
     """The failure shows the text that is not JSON, not a parser traceback."""
     _, snapshot_id = migrated.migrated_snapshot()
-    migrated.execute(
-        sa.update(recipe_snapshots)
-        .where(recipe_snapshots.c.id == snapshot_id)
-        .values(ingredients_data=json.dumps({"not": "a list"}))
-    )
+    migrated.execute(set_snapshot(snapshot_id, ingredients_data=json.dumps({"not": "a list"})))
     fails(
         lambda: check_backfilled_content(migrated.engine, migrated.info, migrated.where),
         "ingredients_data",

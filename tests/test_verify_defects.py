@@ -31,6 +31,7 @@ from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import expectations, factories, running
 from snapshot_backfill.testing.backends import Backend
 
+from planted import set_snapshot, snapshot_of, unlink
 from test_reliability import relax_produced_at
 
 PROCESS_TIMEOUT_S = 120
@@ -78,11 +79,7 @@ class Migrated:
     info: expectations.StateInfo
 
     def snapshot_of(self, run_id: int) -> int:
-        with self.engine.connect() as conn:
-            snapshot_id: int = conn.execute(
-                sa.select(snaps.c.id).where(snaps.c.production_run_id == run_id)
-            ).scalar_one()
-        return snapshot_id
+        return snapshot_of(self.engine, run_id)
 
     def migrated_run(self, index: int = 0) -> tuple[int, int]:
         """The run id and new snapshot id of the ``index``-th run the backfill migrated."""
@@ -179,14 +176,6 @@ def foreign_keys_off(engine: Engine) -> Iterator[Connection]:
             elif backend in ("mysql", "mariadb"):
                 conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
                 conn.commit()
-
-
-def unlink(run_id: int) -> Any:
-    return sa.update(runs).where(runs.c.id == run_id).values(recipe_snapshot_id=None)
-
-
-def set_snapshot(snapshot_id: int, **values: Any) -> Any:
-    return sa.update(snaps).where(snaps.c.id == snapshot_id).values(**values)
 
 
 # --- unlinked_run ----------------------------------------------------------------------------
