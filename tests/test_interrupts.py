@@ -10,13 +10,18 @@ import pytest
 from snapshot_backfill.interrupts import Interrupts
 
 
+def _deliver(signum: int) -> None:
+    """Raise ``signum`` in this process and run Python code while its handler is called."""
+    signal.raise_signal(signum)
+    for _ in range(1000):
+        pass
+
+
 class _SignalledWhileCollected:
     """Receives SIGINT inside ``__del__``, where Python can only print a KeyboardInterrupt."""
 
     def __del__(self) -> None:
-        signal.raise_signal(signal.SIGINT)
-        for _ in range(1000):  # the handler runs here, inside the finalizer
-            pass
+        _deliver(signal.SIGINT)  # the handler runs here, inside the finalizer
 
 
 def test_an_interrupt_raised_in_a_finalizer_is_raised_again_by_check(
@@ -47,17 +52,13 @@ def test_without_a_signal_check_does_nothing_and_the_handlers_are_restored() -> 
 def test_sigterm_interrupts_like_ctrl_c() -> None:
     interrupts = Interrupts()
     with interrupts.installed(), pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGTERM)
-        for _ in range(1000):
-            pass
+        _deliver(signal.SIGTERM)
     assert interrupts.received == signal.SIGTERM
 
 
 def test_a_new_command_starts_without_the_last_ones_signal() -> None:
     interrupts = Interrupts()
     with interrupts.installed(), pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
-        for _ in range(1000):
-            pass
+        _deliver(signal.SIGINT)
     with interrupts.installed():
         interrupts.check()
