@@ -302,58 +302,15 @@ def _wait_for_scratch(
     pytest.fail("rehearse made no scratch copy in time")
 
 
-def _server_busy_with(backend: Backend, names: list[str]) -> bool:
-    """Whether a server session still works in or on one of ``names`` (a killed client's
-    statement runs to its end on the server)."""
-    assert backend.server_url is not None
-    engine = open_engine(backend.server_url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            if backend.kind == "postgresql":
-                query = (
-                    "SELECT datname, coalesce(query, '') FROM pg_stat_activity "
-                    "WHERE pid <> pg_backend_pid() AND state <> 'idle'"
-                )
-            else:
-                query = (
-                    "SELECT coalesce(db, ''), coalesce(info, '') FROM "
-                    "information_schema.processlist WHERE id <> connection_id()"
-                )
-            rows = conn.exec_driver_sql(query).all()
-    finally:
-        engine.dispose()
-    return any(name in (db or "") or name in (sql or "") for db, sql in rows for name in names)
-
-
-def _kill_leaving_a_scratch(
-    backend: Backend, scratch_dir: Path
-) -> tuple[subprocess.Popen[str], list[str]]:
-    """SIGKILL a rehearsal once its scratch exists; the scratch copies the kill left.
-
-    Tried again (at most three times) if the kill landed while the rehearsal was already
-    dropping its scratch, so that what the next rehearsal must remove is never nothing.
-    """
-    for _ in range(3):
-        process = start(backend, scratch_dir)
-        _wait_for_scratch(backend, scratch_dir, process)
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=PROCESS_TIMEOUT_S)
-        if not backend.is_sqlite:
-            deadline = time.monotonic() + 30
-            names = scratch_names(backend, scratch_dir, process.pid)
-            while _server_busy_with(backend, names) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        left = scratch_names(backend, scratch_dir, process.pid)
-        if left:
-            return process, left
-    pytest.fail("three killed rehearsals left no scratch copy")
-
-
 def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_scratch(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
     before = take(backend)
-    process, left = _kill_leaving_a_scratch(backend, scratch_dir)
+    process = start(backend, scratch_dir)
+    left = _wait_for_scratch(backend, scratch_dir, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert scratch_names(backend, scratch_dir, process.pid) == left  # what a kill leaves
     fingerprint.assert_same(before, take(backend), "a killed rehearsal changed its source")
     next_one = start(backend, scratch_dir)
     out, err = next_one.communicate(timeout=PROCESS_TIMEOUT_S)
