@@ -6,7 +6,8 @@ INSERTs), touches runs (UPDATE of ``updated_at``, as its ORM writes it) and rena
 one operation after another (10 ms apart, ``--think-ms``), each in its own transaction with
 the application's 5 s busy timeout. Each operation's wait is timed; the table gives the max
 and p99 per operation, next to the run's throughput, once with the defaults and once with a
-tight ``--max-batch-seconds``.
+tight ``--max-batch-seconds``. ``run`` keeps its default ``--pause`` (0.12 s between batches on
+SQLite, none on a server).
 
     python benchmarks/app_impact.py --runs 100000 [--postgresql-url URL] [--mariadb-url URL]
 """

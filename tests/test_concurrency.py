@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
-from snapshot_backfill import backfill
+from snapshot_backfill import backfill, pacing
 from snapshot_backfill.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, RunAbortedError
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME
 from snapshot_backfill.models import new_uuid, production_runs, recipe_snapshots, utc_now
@@ -170,6 +171,47 @@ def test_the_application_keeps_recording_runs_meanwhile(backend: Backend, build_
     assert first["migrated"] + again.migrated == len(info.to_migrate) + len(new_ids)
     expected = expectations.StateInfo(name="large+app", orphaned=info.orphaned)
     assert_every_run_done_once(app, expected, backend.describe())
+
+
+def test_on_sqlite_a_waiting_application_waits_for_one_batch_not_for_the_run(
+    sqlite_backend: Backend,
+) -> None:
+    """SQLite hands no lock over: a waiting connection sleeps and tries again (up to 100 ms
+    apart) and misses a gap shorter than that. Batches back to back kept the application
+    waiting through dozens of them; the default pause between batches lets it in after one."""
+    engine = sqlite_backend.make_engine()
+    states.build_state("large", engine)
+    # The application's own connection: Python's sqlite3 with a 5 s busy timeout.
+    app = sa.create_engine(sqlite_backend.url, connect_args={"timeout": 5.0}, poolclass=NullPool)
+    batch = 5
+    migrator = start_migrator(
+        sqlite_backend, "--batch-size", str(batch), "--max-batch-seconds", "0"
+    )
+    wait_for_journal(engine, migrator, 2 * batch)
+    waited = []
+    for n in range(4):
+        before = journal_rows(engine)
+        with app.begin() as conn:
+            conn.execute(
+                sa.update(production_runs)
+                .where(production_runs.c.id == 1 + n)
+                .values(notes=f"edited while the migrator ran ({n})")
+            )
+        waited.append((journal_rows(engine) - before) / batch)
+    still_running = migrator.poll() is None
+    migrator.kill()
+    assert still_running, "the run ended before the application wrote: nothing was measured"
+    # The batch in progress when the application asked, and at most one more (a slow wakeup).
+    assert max(waited) <= 2, f"batches committed while the application waited: {waited}"
+
+
+def test_the_default_pause_is_sqlites_only(backend: Backend, build_state: Any) -> None:
+    build_state("from_sample_data")
+    code, out, err = finish(start_migrator(backend))
+    assert code == EXIT_OK, err
+    expected = pacing.SQLITE_DEFAULT_PAUSE_S if backend.is_sqlite else 0.0
+    assert json.loads(out)["pause_s"] == expected
+    assert expected == 0.0 or expected > pacing.SQLITE_LONGEST_BUSY_SLEEP_S
 
 
 @POSIX_SIGNALS

@@ -66,6 +66,7 @@ RUN = {
     "interrupted": BOOL,
     "too_recent": INT,
     "longest_batch_s": (float,),
+    "pause_s": (float,),
     "run_token": STR,
     "tool_version": STR,
     "database": STR,

@@ -199,7 +199,8 @@ def test_upgrade_schema_waits_for_or_is_refused_the_lock_a_run_holds(
     holder = subprocess.Popen(
         [
             *(sys.executable, "-c", _HOLDING_RUN, str(held), str(release)),
-            *("run", *writing(backend), "--no-backup", "--batch-size", "1"),
+            # Held by the release file, not by its pace: no pause between its 64 batches.
+            *("run", *writing(backend), "--no-backup", "--batch-size", "1", "--pause", "0"),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

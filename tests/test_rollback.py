@@ -444,6 +444,15 @@ def test_a_created_snapshot_another_run_links_now_is_kept(run_done: RunDone) -> 
     assert created in _snapshot_ids(run_done.engine)
 
 
+def test_a_rollback_pauses_between_batches(run_done: RunDone) -> None:
+    slept: list[float] = []
+    report = backfill.rollback(run_done.engine, batch_size=20, pause_s=0.25, sleep=slept.append)
+    # 53 entries in batches of 20: three batches, each followed by the application's turn.
+    assert report.batches == 3
+    assert slept == [0.25] * 3
+    _assert_restored(run_done, "a paced rollback")
+
+
 def test_an_empty_journal_is_dropped_and_nothing_else_changes(
     backend: Backend, build_state: Any, engine: Engine
 ) -> None:

@@ -202,6 +202,8 @@ class RunReport:
     too_recent: int = 0
     # The longest batch's write transaction, the longest the application waited on us.
     longest_batch_s: float = 0.0
+    # The pause between batches, the application's turn.
+    pause_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -221,6 +223,7 @@ class RunReport:
             "interrupted": self.interrupted,
             "too_recent": self.too_recent,
             "longest_batch_s": round(self.longest_batch_s, 3),
+            "pause_s": self.pause_s,
             "run_token": self.run_token,
         }
 
@@ -709,7 +712,8 @@ def run(
 
     The cost to a live application is bounded: with ``max_batch_seconds`` the batch size
     adapts between batches to keep each write transaction under it (``pacing.BatchSizer``,
-    starting from ``batch_size``); ``pause_s`` sleeps between batches. The run takes only
+    starting from ``batch_size``); ``pause_s`` sleeps between batches (on SQLite an
+    application needs one to get its turn: ``pacing.default_pause``). The run takes only
     runs up to the highest id of the plan (``known_plan``'s if given: the one the user saw)
     and created at least ``min_age_s`` seconds ago; the others are the application's, counted
     in ``too_recent``. ``clock`` and ``sleep`` time the batches (tests inject their own).
@@ -748,6 +752,7 @@ def run(
             cutoff=utc_now() - timedelta(seconds=min_age_s) if min_age_s > 0 else None,
         )
         sizer = BatchSizer(batch_size, max_batch_seconds)
+        report.pause_s = pause_s
         if report.plan.work:
             try:
                 for progress in _run_batches(engine, sizer, report, bounds, clock):
@@ -1089,8 +1094,12 @@ def rollback(
     batch_size: int = DEFAULT_BATCH_SIZE,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     on_progress: Optional[ProgressCallback] = None,
+    pause_s: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RollbackReport:
     """Undo what this tool's runs did, as its journal records it, one batch at a time.
+
+    ``pause_s`` sleeps between batches, as in ``run``.
 
     For each journaled link, the run is unlinked (only if it still points at the journaled
     snapshot) and its previous ``updated_at`` restored (only if nobody changed the run since);
@@ -1133,6 +1142,8 @@ def rollback(
                             elapsed_s=time.monotonic() - first_batch,
                         )
                     )
+                if pause_s > 0:
+                    sleep(pause_s)
         except KeyboardInterrupt:
             report.interrupted = True
             report.duration_s = time.monotonic() - started

@@ -50,7 +50,13 @@ from .errors import (
 from .interrupts import Interrupts
 from .locking import DEFAULT_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
 from .models import pre_snapshot_metadata
-from .pacing import DEFAULT_MAX_BATCH_SECONDS, DEFAULT_MIN_AGE_S
+from .pacing import (
+    DEFAULT_MAX_BATCH_SECONDS,
+    DEFAULT_MIN_AGE_S,
+    SQLITE_DEFAULT_PAUSE_S,
+    SQLITE_LONGEST_BUSY_SLEEP_S,
+    default_pause,
+)
 
 DEMO_DATABASE_NAME = "bake_tracker_demo.sqlite"
 _DEMO_SIDE_FILES = ("-journal", "-wal", "-shm", ".snapshot-backfill.lock")
@@ -198,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
                 default=backfill.DEFAULT_BATCH_SIZE,
                 help="runs per committed transaction (default: %(default)s)",
             )
+            sub.add_argument(
+                "--pause",
+                type=_seconds,
+                metavar="SECONDS",
+                help="sleep between batches, leaving the database to the application (default: "
+                f"{SQLITE_DEFAULT_PAUSE_S:g} on SQLite, whose waiting connections retry only "
+                f"every {SQLITE_LONGEST_BUSY_SLEEP_S * 1000:.0f} ms; 0 on a server, which "
+                "hands a waiter the lock at once)",
+            )
         backup = sub.add_mutually_exclusive_group()
         backup.add_argument(
             "--backup", type=Path, metavar="PATH", help="SQLite: where to write the backup"
@@ -236,13 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="target duration of one batch's write transaction: the batch size adapts between "
         "batches to stay under it (0: keep --batch-size fixed; default: %(default)s)",
-    )
-    run_parser.add_argument(
-        "--pause",
-        type=_seconds,
-        default=0.0,
-        metavar="SECONDS",
-        help="sleep between batches, leaving the database to the application (default: 0)",
     )
     run_parser.add_argument(
         "--min-age",
@@ -529,6 +537,11 @@ def _print_plan(
         out.say(f"  undated (produced_at NULL):    {the_plan.undated:>10,}")
 
 
+def _pause(args: argparse.Namespace, engine: Engine) -> float:
+    """``--pause``, or the backend's default (SQLite's waiting connections need a gap)."""
+    return float(args.pause) if args.pause is not None else default_pause(engine.dialect.name)
+
+
 def _run_question(the_plan: backfill.Plan, database: str) -> str:
     return (
         f"Write {the_plan.to_migrate:,} new snapshots and link {the_plan.to_link_existing:,} "
@@ -614,7 +627,7 @@ def cmd_run(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
                 on_progress=progress,
                 known_plan=the_plan,
                 max_batch_seconds=args.max_batch_seconds or None,
-                pause_s=args.pause,
+                pause_s=_pause(args, engine),
                 min_age_s=args.min_age,
             )
         except InterruptedRunError as exc:
@@ -680,6 +693,7 @@ def cmd_rollback(args: argparse.Namespace, out: Output, stdin: TextIO) -> int:
                 batch_size=args.batch_size,
                 lock_timeout=args.lock_timeout,
                 on_progress=progress,
+                pause_s=_pause(args, engine),
             )
         except InterruptedRunError as exc:
             progress.close()
