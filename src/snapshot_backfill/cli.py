@@ -539,7 +539,7 @@ def _print_plan(
 
 def _pause(args: argparse.Namespace, engine: Engine) -> float:
     """``--pause``, or the backend's default (SQLite's waiting connections need a gap)."""
-    return float(args.pause) if args.pause is not None else default_pause(engine.dialect.name)
+    return args.pause if args.pause is not None else default_pause(engine.dialect.name)
 
 
 def _run_question(the_plan: backfill.Plan, database: str) -> str:
