@@ -233,6 +233,13 @@ class StateTemplates:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        # `tox -e mutation`: mutmut runs the suite in this process once to record which tests
+        # reach each function, and keeps the mode in a copy of its own as well. A process a
+        # test starts would inherit the mode from the environment, and fail to load mutmut's
+        # configuration wherever its working directory is not the project (its records would
+        # be lost anyway): it runs the code unmutated instead. Mutant runs keep the variable.
+        del os.environ["MUTANT_UNDER_TEST"]
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
         try:
             servers.mode()
