@@ -43,7 +43,7 @@ from snapshot_backfill.models import (
     recipe_ingredients,
     recipes,
 )
-from snapshot_backfill.payload import load_payloads
+from snapshot_backfill.payload import build_payloads
 from snapshot_backfill.sample_data import ExpectedCounts
 
 RECIPES = 50
@@ -242,7 +242,7 @@ def _big_tables(conn: Connection, n: int) -> None:
         )
     )
     # The snapshots the application wrote itself, with the real payload of their recipe.
-    payloads = load_payloads(conn, range(1, RECIPES + 1))
+    payloads = build_payloads(conn, range(1, RECIPES + 1)).payloads
     conn.exec_driver_sql(
         "CREATE TEMPORARY TABLE bench_payloads (recipe_id INTEGER PRIMARY KEY, "
         "recipe_data TEXT NOT NULL, ingredients_data TEXT NOT NULL)"

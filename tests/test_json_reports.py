@@ -258,6 +258,17 @@ def test_the_library_reports_are_the_commands_objects(messy: Messy) -> None:
     assert undone["journal_entries"] == report["migrated"] + report["linked_existing"]
 
 
+def test_the_reports_give_seconds_to_the_millisecond() -> None:
+    plan = backfill.Plan(
+        total_runs=0, already_linked=0, to_migrate=0, to_link_existing=0, orphaned_run_ids=[]
+    )
+    ran = backfill.RunReport(
+        plan, run_token="t", duration_s=12.34567, longest_batch_s=0.04449, pause_s=0.12
+    ).to_dict()
+    assert (ran["duration_s"], ran["longest_batch_s"], ran["pause_s"]) == (12.346, 0.044, 0.12)
+    assert backfill.RollbackReport(duration_s=2.00049).to_dict()["duration_s"] == 2.0
+
+
 def test_a_run_error_names_its_recipe_only_when_the_recipe_is_the_cause() -> None:
     assert RunError(7, "constraint failed").to_dict() == {"run_id": 7, "error": "constraint failed"}
     assert RunError(7, "bad", recipe_id=3).to_dict() == {

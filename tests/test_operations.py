@@ -593,6 +593,42 @@ def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend)
     assert now.code == EXIT_OK and now.json["migrated"] == 1 and now.json["too_recent"] == 0, now
 
 
+def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
+    backend: Backend, build_state: Any
+) -> None:
+    from datetime import timedelta
+
+    from snapshot_backfill import backfill
+    from snapshot_backfill.models import utc_now
+
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    with engine.begin() as conn:
+        # One run to migrate dated a minute ahead (an application whose clock runs fast); the
+        # sample's other runs to migrate are years old.
+        ahead = conn.execute(
+            sa.select(sa.func.max(production_runs.c.id))
+            .select_from(production_runs.join(recipes, recipes.c.id == production_runs.c.recipe_id))
+            .where(production_runs.c.recipe_snapshot_id.is_(None))
+        ).scalar_one()
+        conn.execute(
+            sa.update(production_runs)
+            .where(production_runs.c.id == ahead)
+            .values(created_at=utc_now() + timedelta(minutes=1))
+        )
+    # Any age guard at all holds it back, and only it ...
+    assert [backfill.count_too_recent(engine, s) for s in (0.5, 300, 86400)] == [1, 1, 1]
+    # ... and none holds back nothing, whatever the run's clock said.
+    assert backfill.count_too_recent(engine, 0) == 0
+    report = backfill.run(engine, min_age_s=0)
+    assert report.too_recent == 0 and report.ok, report
+    with engine.connect() as conn:
+        linked = conn.execute(
+            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == ahead)
+        ).scalar_one()
+    assert linked is not None
+
+
 def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any) -> None:
     from snapshot_backfill import backfill
 

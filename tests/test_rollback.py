@@ -459,6 +459,7 @@ def test_an_empty_journal_is_dropped_and_nothing_else_changes(
     build_state("already_migrated")
     with engine.begin() as conn:
         create_journal(conn)
+    assert backfill.rollback_pending(engine) == 0
     before = fingerprint.take(engine)
     progress: list[backfill.Progress] = []
 
@@ -484,6 +485,7 @@ def test_without_a_journal_rollback_changes_nothing(
     backend: Backend, build_state: Any, engine: Engine, transactions: Transactions
 ) -> None:
     build_state("already_migrated")
+    assert backfill.rollback_pending(engine) == 0
     before = fingerprint.take(engine)
     transactions.committed.clear()
 
@@ -499,7 +501,9 @@ def test_without_a_journal_rollback_changes_nothing(
 
 
 def test_a_second_rollback_finds_nothing(run_done: RunDone) -> None:
+    assert backfill.rollback_pending(run_done.engine) == 53
     _rollback(run_done, 7)
+    assert backfill.rollback_pending(run_done.engine) == 0
     again = _rollback(run_done, 7)
     assert again.to_dict() == {
         "journal_entries": 0,

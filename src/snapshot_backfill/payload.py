@@ -174,14 +174,6 @@ def check_capacity(column: str, value: str, capacity: Optional[ColumnCapacity]) 
             )
 
 
-def load_payloads(conn: Connection, recipe_ids: Iterable[int]) -> dict[int, SnapshotPayload]:
-    """Build the payload of each existing recipe in ``recipe_ids`` with two queries.
-
-    A recipe whose payload cannot be built is left out (``build_payloads`` says why).
-    """
-    return build_payloads(conn, recipe_ids).payloads
-
-
 def build_payloads(
     conn: Connection,
     recipe_ids: Iterable[int],
