@@ -188,7 +188,9 @@ def test_each_batch_is_one_committed_transaction_of_batch_size_entries(
     transactions.committed.clear()
     progress: list[backfill.Progress] = []
 
+    started = time.monotonic()
     report = _rollback(run_done, batch_size, progress.append)
+    elapsed = time.monotonic() - started
 
     n = run_done.entries
     batches = -(-n // batch_size)
@@ -199,6 +201,9 @@ def test_each_batch_is_one_committed_transaction_of_batch_size_entries(
     assert [(p.done, p.total, p.batches) for p in progress] == [
         (min(k * batch_size, n), n, k) for k in range(1, batches + 1)
     ]
+    # The time since the first batch began, for the rate and the ETA: growing, within the call.
+    times = [p.elapsed_s for p in progress]
+    assert times == sorted(times) and times[0] > 0 and times[-1] <= elapsed, times
     # Every created snapshot is deleted, none of the two the run only linked; a batch that
     # created none sends no DELETE to recipe_snapshots at all.
     assert (report.snapshots_deleted, report.runs_unlinked) == (51, 53)
@@ -216,8 +221,10 @@ def test_each_batch_is_one_committed_transaction_of_batch_size_entries(
 
 
 def test_the_default_batch_size_is_used_without_one(run_done: RunDone) -> None:
-    report = backfill.rollback(run_done.engine)
+    slept: list[float] = []
+    report = backfill.rollback(run_done.engine, sleep=slept.append)
     assert report.batches == 1
+    assert slept == []  # and no pause unless one is asked for
     assert run_done.entries <= backfill.DEFAULT_BATCH_SIZE
     _assert_restored(run_done, "rollback at the default batch size")
 
@@ -287,6 +294,30 @@ def test_an_interruption_between_two_batches_keeps_the_first_and_a_second_rollba
     created_first = sum(run_done.journaled[r][1] for r in first_batch)
     assert again.snapshots_deleted == 51 - created_first
     _assert_restored(run_done, "a rollback interrupted after its first batch, then resumed")
+
+
+def test_the_journal_is_undone_in_the_order_the_links_were_made_not_in_run_order(
+    run_done: RunDone,
+) -> None:
+    # The seven lowest runs linked last, as when a second run links the runs of a recipe the
+    # first one could not snapshot: a scan of the journal by its run index (which SQLite picks
+    # for a bare "SELECT id ... LIMIT") would undo them first.
+    lowest = sorted(run_done.journaled)[:7]
+    with run_done.engine.begin() as conn:
+        conn.execute(
+            sa.update(journal)
+            .where(journal.c.production_run_id.in_(lowest))
+            .values(id=journal.c.id + 1000)
+        )
+
+    with pytest.raises(Interrupted):
+        _rollback(run_done, 7, lambda progress: _raise(Interrupted(progress)))
+
+    _check_partly_rolled_back(run_done, sorted(run_done.journaled)[7:14])
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 def test_a_batch_that_fails_half_way_is_undone_as_a_whole(run_done: RunDone) -> None:
