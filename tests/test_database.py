@@ -28,6 +28,7 @@ from snapshot_backfill.database import (
     write_transaction,
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
+from snapshot_backfill.journal import journal
 from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
 
@@ -245,6 +246,23 @@ def test_a_run_and_a_rollback_refresh_server_statistics_but_not_sqlites(
     assert after_run is not None, "no statistics after a run"
     assert before is None or after_run > before
     assert after_rollback > after_run, "statistics not refreshed by the rollback"
+
+
+def test_a_rollback_that_only_unlinks_runs_refreshes_server_statistics(
+    backend: Backend, build_state: Callable[[str], StateInfo]
+) -> None:
+    if backend.is_sqlite:
+        pytest.skip("SQLite's statistics are never refreshed (the test above)")
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    backfill.run(engine)
+    with engine.begin() as conn:  # only the runs linked to snapshots that existed are left
+        conn.execute(sa.delete(journal).where(journal.c.created_snapshot == sa.true()))
+    after_run = _statistics_stamp(engine)
+    time.sleep(1.1)
+    report = backfill.rollback(engine)
+    assert (report.runs_unlinked, report.snapshots_deleted) == (2, 0), report
+    assert _statistics_stamp(engine) > after_run, "statistics not refreshed by the rollback"
 
 
 def test_a_no_op_run_leaves_the_statistics_alone(

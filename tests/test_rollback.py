@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
-from snapshot_backfill.errors import BadInputError
+from snapshot_backfill.errors import BadInputError, InterruptedRunError
 from snapshot_backfill.journal import JOURNAL_TABLE_NAME, create_journal, journal
 from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import expectations, fingerprint, running
@@ -222,7 +222,9 @@ def test_each_batch_is_one_committed_transaction_of_batch_size_entries(
 
 def test_the_default_batch_size_is_used_without_one(run_done: RunDone) -> None:
     slept: list[float] = []
+    started = time.monotonic()
     report = backfill.rollback(run_done.engine, sleep=slept.append)
+    assert 0 < report.duration_s <= time.monotonic() - started
     assert report.batches == 1
     assert slept == []  # and no pause unless one is asked for
     assert run_done.entries <= backfill.DEFAULT_BATCH_SIZE
@@ -318,6 +320,28 @@ def test_the_journal_is_undone_in_the_order_the_links_were_made_not_in_run_order
 
 def _raise(error: Exception) -> None:
     raise error
+
+
+def test_ctrl_c_between_two_batches_says_how_far_the_rollback_got(run_done: RunDone) -> None:
+    def ctrl_c_after_second(progress: backfill.Progress) -> None:
+        if progress.batches == 2:
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(InterruptedRunError) as stopped:
+        _rollback(run_done, 7, ctrl_c_after_second)
+    elapsed = time.monotonic() - started
+
+    assert str(stopped.value) == (
+        "interrupted: the batches committed so far are undone and the rest is still "
+        "journaled; run rollback again to finish"
+    )
+    report = stopped.value.report
+    assert isinstance(report, backfill.RollbackReport)
+    assert report.interrupted is True
+    assert (report.batches, report.journal_entries, report.runs_unlinked) == (2, 14, 14)
+    assert 0 < report.duration_s <= elapsed
+    _check_partly_rolled_back(run_done, sorted(run_done.journaled)[:14])
 
 
 def test_a_batch_that_fails_half_way_is_undone_as_a_whole(run_done: RunDone) -> None:
