@@ -289,6 +289,38 @@ def test_a_run_linked_to_another_runs_snapshot_is_a_wrong_link(migrated: Migrate
     )
 
 
+def test_two_runs_with_their_links_swapped_are_two_wrong_links_in_run_order(
+    migrated: Migrated,
+) -> None:
+    # Two runs whose snapshots are in run order, their links swapped: listed by the link (the
+    # order of an index on it) rather than by run, the two would come the other way round.
+    migrated_runs = [migrated.migrated_run(i) for i in range(len(migrated.info.to_migrate))]
+    (low_run, low_snapshot), (high_run, high_snapshot) = next(
+        (a, b) for a, b in zip(migrated_runs, migrated_runs[1:]) if a[1] < b[1]
+    )
+    migrated.execute(
+        sa.update(runs).where(runs.c.id == low_run).values(recipe_snapshot_id=high_snapshot),
+        sa.update(runs).where(runs.c.id == high_run).values(recipe_snapshot_id=low_snapshot),
+    )
+    expect_problems(
+        migrated,
+        {
+            "kind": "wrong_link",
+            "run_id": low_run,
+            "snapshot_id": high_snapshot,
+            "detail": f"run {low_run} links snapshot {high_snapshot}, "
+            f"which belongs to run {high_run}",
+        },
+        {
+            "kind": "wrong_link",
+            "run_id": high_run,
+            "snapshot_id": low_snapshot,
+            "detail": f"run {high_run} links snapshot {low_snapshot}, "
+            f"which belongs to run {low_run}",
+        },
+    )
+
+
 def test_a_run_linked_to_a_snapshot_that_does_not_exist_is_a_wrong_link(
     migrated: Migrated,
 ) -> None:
