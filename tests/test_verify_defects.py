@@ -533,6 +533,31 @@ def test_a_scale_and_a_date_problem_of_one_snapshot_are_both_reported(migrated: 
     )
 
 
+def test_backfill_problems_are_listed_by_snapshot_not_by_run(migrated: Migrated) -> None:
+    # The lowest run's snapshot made again by a later run: its id is now above the others'.
+    low_run, old_snapshot = migrated.migrated_run(0)
+    migrated.execute(unlink(low_run), sa.delete(snaps).where(snaps.c.id == old_snapshot))
+    assert backfill.run(migrated.engine).migrated == 1
+    new_snapshot = snapshot_of(migrated.engine, low_run)
+    high_run, high_snapshot = migrated.migrated_run(1)
+    assert low_run < high_run and high_snapshot < new_snapshot
+    migrated.execute(
+        set_snapshot(new_snapshot, scale_factor=2.0), set_snapshot(high_snapshot, scale_factor=2.0)
+    )
+    expect_problems(
+        migrated,
+        *(
+            {
+                "kind": "backfill_scale_factor",
+                "run_id": run_id,
+                "snapshot_id": snapshot_id,
+                "detail": f"backfilled snapshot {snapshot_id} has scale_factor 2.0, not 1.0",
+            }
+            for run_id, snapshot_id in ((high_run, high_snapshot), (low_run, new_snapshot))
+        ),
+    )
+
+
 # --- look-alikes that are not defects --------------------------------------------------------
 
 
