@@ -510,6 +510,32 @@ def test_a_snapshot_the_backfill_created_but_not_flagged_is_a_flag_problem(
     )
 
 
+def test_flag_problems_are_listed_by_snapshot_not_in_journal_order(migrated: Migrated) -> None:
+    pair = sorted((migrated.migrated_run(i) for i in (13, 14)), key=lambda run: run[1])
+    (low_run, low_snapshot), (high_run, high_snapshot) = pair
+    migrated.execute(
+        set_snapshot(low_snapshot, is_backfilled=False),
+        set_snapshot(high_snapshot, is_backfilled=False),
+        # The lower snapshot journaled last, as a later run would have.
+        sa.update(journal)
+        .where(journal.c.snapshot_id == low_snapshot)
+        .values(id=journal.c.id + 1000),
+    )
+    expect_problems(
+        migrated,
+        *(
+            {
+                "kind": "backfill_flag",
+                "run_id": run_id,
+                "snapshot_id": snapshot_id,
+                "detail": f"snapshot {snapshot_id} was created by the backfill, "
+                "but is_backfilled is false",
+            }
+            for run_id, snapshot_id in ((low_run, low_snapshot), (high_run, high_snapshot))
+        ),
+    )
+
+
 def test_a_scale_and_a_date_problem_of_one_snapshot_are_both_reported(migrated: Migrated) -> None:
     run_id, snapshot_id = migrated.migrated_run(14)
     produced_at = migrated.row(run_id).produced_at
