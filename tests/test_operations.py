@@ -629,6 +629,35 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
     assert linked is not None
 
 
+def test_runs_a_run_leaves_for_a_reason_of_their_own_are_not_too_recent(
+    backend: Backend, build_state: Any
+) -> None:
+    from snapshot_backfill import backfill
+
+    from test_reliability import relax_produced_at
+
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    relax_produced_at(engine)
+    with engine.begin() as conn:
+        # The last run of all has a recipe, no snapshot and no produced_at: a run leaves it,
+        # as undated.
+        last = conn.execute(sa.select(sa.func.max(production_runs.c.id))).scalar_one()
+        assert conn.execute(
+            sa.select(production_runs.c.recipe_id).where(production_runs.c.id == last)
+        ).scalar_one() in set(conn.execute(sa.select(recipes.c.id)).scalars())
+        conn.execute(
+            sa.update(production_runs)
+            .where(production_runs.c.id == last)
+            .values(produced_at=None, recipe_snapshot_id=None)
+        )
+        conn.execute(
+            sa.delete(recipe_snapshots).where(recipe_snapshots.c.production_run_id == last)
+        )
+    report = backfill.run(engine)
+    assert (report.skipped_undated, report.too_recent) == (1, 0), report
+
+
 def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any) -> None:
     from snapshot_backfill import backfill
 

@@ -31,7 +31,7 @@ from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import expectations, factories, running
 from snapshot_backfill.testing.backends import Backend
 
-from planted import set_snapshot, snapshot_of, unlink
+from planted import link, set_snapshot, snapshot_of, unlink
 from test_reliability import relax_produced_at
 
 PROCESS_TIMEOUT_S = 120
@@ -266,6 +266,25 @@ def test_an_orphan_is_listed_but_is_not_a_problem(migrated: Migrated) -> None:
     assert result.code == EXIT_OK, result
     assert result.json["orphaned_run_ids"] == sorted(migrated.info.orphaned), result
     assert (result.json["problems_total"], result.json["problems"]) == (0, []), result
+
+
+def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) -> None:
+    # An orphan (recipe gone, no snapshot row) that the application linked to another run's
+    # snapshot: a wrong link, and no longer among the runs left unlinked.
+    orphan = sorted(migrated.info.orphaned)[0]
+    other_run, other_snapshot = migrated.migrated_run(6)
+    migrated.execute(link(orphan, other_snapshot))
+    expect_problems(
+        migrated,
+        {
+            "kind": "wrong_link",
+            "run_id": orphan,
+            "snapshot_id": other_snapshot,
+            "detail": f"run {orphan} links snapshot {other_snapshot}, "
+            f"which belongs to run {other_run}",
+        },
+        orphans=sorted(set(migrated.info.orphaned) - {orphan}),
+    )
 
 
 # --- wrong_link ------------------------------------------------------------------------------
