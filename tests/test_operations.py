@@ -629,6 +629,31 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
     assert linked is not None
 
 
+def test_a_run_exactly_min_age_old_is_old_enough(
+    backend: Backend, build_state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from snapshot_backfill import backfill
+
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    now = datetime(2026, 6, 1, 12, 0, 0)
+    monkeypatch.setattr(backfill, "utc_now", lambda: now)
+    run_id = max(info.to_migrate)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(production_runs)
+            .where(production_runs.c.id == run_id)
+            .values(created_at=now - timedelta(seconds=300))
+        )
+    assert backfill.count_too_recent(engine, 300) == 0
+    assert backfill.count_too_recent(engine, 301) == 1
+    report = backfill.run(engine, min_age_s=300)
+    assert report.too_recent == 0 and report.ok, report
+    assert report.migrated + report.linked_existing == report.plan.work, report
+
+
 def test_runs_a_run_leaves_for_a_reason_of_their_own_are_not_too_recent(
     backend: Backend, build_state: Any
 ) -> None:
