@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +26,7 @@ from snapshot_backfill.testing import fingerprint
 from snapshot_backfill.testing.backends import Backend
 
 from cli_process import PROCESS_TIMEOUT_S, cli
+from test_reliability import relax_produced_at
 
 
 def writing(backend: Backend) -> list[str]:
@@ -596,8 +597,6 @@ def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend)
 def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
     backend: Backend, build_state: Any
 ) -> None:
-    from datetime import timedelta
-
     from snapshot_backfill import backfill
     from snapshot_backfill.models import utc_now
 
@@ -632,8 +631,6 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
 def test_a_run_exactly_min_age_old_is_old_enough(
     backend: Backend, build_state: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import timedelta
-
     from snapshot_backfill import backfill
 
     info = build_state("from_sample_data")
@@ -658,8 +655,6 @@ def test_runs_a_run_leaves_for_a_reason_of_their_own_are_not_too_recent(
     backend: Backend, build_state: Any
 ) -> None:
     from snapshot_backfill import backfill
-
-    from test_reliability import relax_produced_at
 
     build_state("from_sample_data")
     engine = backend.make_engine()

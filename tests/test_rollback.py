@@ -247,6 +247,10 @@ def _batches_of(run_done: RunDone, batch_size: int) -> list[list[int]]:
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
+def stop_after_first(progress: backfill.Progress) -> None:
+    raise Interrupted(progress)
+
+
 def _check_partly_rolled_back(run_done: RunDone, undone: list[int]) -> None:
     """The runs in ``undone`` are as before the run; every other journaled run still linked."""
     engine = run_done.engine
@@ -273,9 +277,6 @@ def _check_partly_rolled_back(run_done: RunDone, undone: list[int]) -> None:
 def test_an_interruption_between_two_batches_keeps_the_first_and_a_second_rollback_finishes(
     run_done: RunDone,
 ) -> None:
-    def stop_after_first(progress: backfill.Progress) -> None:
-        raise Interrupted(progress)
-
     # Rewrite the first entries: PostgreSQL stores the new row versions at the end of the
     # table, so only an ORDER BY makes them the first batch again.
     with run_done.engine.begin() as conn:
@@ -313,13 +314,9 @@ def test_the_journal_is_undone_in_the_order_the_links_were_made_not_in_run_order
         )
 
     with pytest.raises(Interrupted):
-        _rollback(run_done, 7, lambda progress: _raise(Interrupted(progress)))
+        _rollback(run_done, 7, stop_after_first)
 
     _check_partly_rolled_back(run_done, sorted(run_done.journaled)[7:14])
-
-
-def _raise(error: Exception) -> None:
-    raise error
 
 
 def test_ctrl_c_between_two_batches_says_how_far_the_rollback_got(run_done: RunDone) -> None:
@@ -579,9 +576,6 @@ def test_a_batch_deletes_only_the_snapshots_of_its_own_entries(run_done: RunDone
     snapshot_id = run_done.snapshot_of(run_id)
     with run_done.engine.begin() as conn:
         conn.execute(sa.update(runs).where(runs.c.id == run_id).values(recipe_snapshot_id=None))
-
-    def stop_after_first(progress: backfill.Progress) -> None:
-        raise Interrupted(progress)
 
     with pytest.raises(Interrupted):
         _rollback(run_done, 7, stop_after_first)

@@ -123,6 +123,26 @@ def migrated(backend: Backend, build_state: Any) -> Migrated:
     return Migrated(backend, engine, info)
 
 
+def wrong_link(run_id: int, snapshot_id: int, owner: int) -> dict[str, Any]:
+    """The problem of a run linked to the snapshot of run ``owner``."""
+    return {
+        "kind": "wrong_link",
+        "run_id": run_id,
+        "snapshot_id": snapshot_id,
+        "detail": f"run {run_id} links snapshot {snapshot_id}, which belongs to run {owner}",
+    }
+
+
+def flag_problem(run_id: int, snapshot_id: int) -> dict[str, Any]:
+    """The problem of a snapshot the backfill created whose is_backfilled is false."""
+    return {
+        "kind": "backfill_flag",
+        "run_id": run_id,
+        "snapshot_id": snapshot_id,
+        "detail": f"snapshot {snapshot_id} was created by the backfill, but is_backfilled is false",
+    }
+
+
 def expect_problems(
     migrated: Migrated, *expected: dict[str, Any], orphans: Optional[list[int]] = None
 ) -> dict[str, Any]:
@@ -276,13 +296,7 @@ def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) 
     migrated.execute(link(orphan, other_snapshot))
     expect_problems(
         migrated,
-        {
-            "kind": "wrong_link",
-            "run_id": orphan,
-            "snapshot_id": other_snapshot,
-            "detail": f"run {orphan} links snapshot {other_snapshot}, "
-            f"which belongs to run {other_run}",
-        },
+        wrong_link(orphan, other_snapshot, other_run),
         orphans=sorted(set(migrated.info.orphaned) - {orphan}),
     )
 
@@ -298,13 +312,7 @@ def test_a_run_linked_to_another_runs_snapshot_is_a_wrong_link(migrated: Migrate
     )
     expect_problems(
         migrated,
-        {
-            "kind": "wrong_link",
-            "run_id": run_id,
-            "snapshot_id": other_snapshot,
-            "detail": f"run {run_id} links snapshot {other_snapshot}, "
-            f"which belongs to run {other_run}",
-        },
+        wrong_link(run_id, other_snapshot, other_run),
     )
 
 
@@ -323,20 +331,8 @@ def test_two_runs_with_their_links_swapped_are_two_wrong_links_in_run_order(
     )
     expect_problems(
         migrated,
-        {
-            "kind": "wrong_link",
-            "run_id": low_run,
-            "snapshot_id": high_snapshot,
-            "detail": f"run {low_run} links snapshot {high_snapshot}, "
-            f"which belongs to run {high_run}",
-        },
-        {
-            "kind": "wrong_link",
-            "run_id": high_run,
-            "snapshot_id": low_snapshot,
-            "detail": f"run {high_run} links snapshot {low_snapshot}, "
-            f"which belongs to run {low_run}",
-        },
+        wrong_link(low_run, high_snapshot, high_run),
+        wrong_link(high_run, low_snapshot, low_run),
     )
 
 
@@ -519,13 +515,7 @@ def test_a_snapshot_the_backfill_created_but_not_flagged_is_a_flag_problem(
     migrated.execute(set_snapshot(snapshot_id, is_backfilled=False))
     expect_problems(
         migrated,
-        {
-            "kind": "backfill_flag",
-            "run_id": run_id,
-            "snapshot_id": snapshot_id,
-            "detail": f"snapshot {snapshot_id} was created by the backfill, "
-            "but is_backfilled is false",
-        },
+        flag_problem(run_id, snapshot_id),
     )
 
 
@@ -542,16 +532,8 @@ def test_flag_problems_are_listed_by_snapshot_not_in_journal_order(migrated: Mig
     )
     expect_problems(
         migrated,
-        *(
-            {
-                "kind": "backfill_flag",
-                "run_id": run_id,
-                "snapshot_id": snapshot_id,
-                "detail": f"snapshot {snapshot_id} was created by the backfill, "
-                "but is_backfilled is false",
-            }
-            for run_id, snapshot_id in ((low_run, low_snapshot), (high_run, high_snapshot))
-        ),
+        flag_problem(low_run, low_snapshot),
+        flag_problem(high_run, high_snapshot),
     )
 
 
