@@ -600,16 +600,12 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
     from snapshot_backfill import backfill
     from snapshot_backfill.models import utc_now
 
-    build_state("from_sample_data")
+    info = build_state("from_sample_data")
     engine = backend.make_engine()
+    # One run to migrate dated a minute ahead (an application whose clock runs fast); the
+    # sample's other runs to migrate are years old.
+    ahead = max(info.to_migrate)
     with engine.begin() as conn:
-        # One run to migrate dated a minute ahead (an application whose clock runs fast); the
-        # sample's other runs to migrate are years old.
-        ahead = conn.execute(
-            sa.select(sa.func.max(production_runs.c.id))
-            .select_from(production_runs.join(recipes, recipes.c.id == production_runs.c.recipe_id))
-            .where(production_runs.c.recipe_snapshot_id.is_(None))
-        ).scalar_one()
         conn.execute(
             sa.update(production_runs)
             .where(production_runs.c.id == ahead)
