@@ -527,13 +527,8 @@ def test_a_run_adapts_its_batches_to_the_target_and_pauses_between_them(
     assert report.to_dict()["longest_batch_s"] == 3.0
 
 
-def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: Any) -> None:
-    from snapshot_backfill import backfill
-
-    build_state("from_sample_data")
-    engine = backend.make_engine()
-    the_plan = backfill.plan(engine)
-    # The application records a run (a copy of an old one) after the plan was shown.
+def _record_a_late_run(engine: sa.Engine) -> int:
+    """The application records a run (a copy of an unlinked one) after a plan was made."""
     with engine.begin() as conn:
         row = conn.execute(
             sa.select(production_runs).where(
@@ -543,9 +538,20 @@ def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: 
         ).first()
         assert row is not None
         values = {k: v for k, v in row._mapping.items() if k not in ("id", "uuid")}
-        late = conn.execute(
-            sa.insert(production_runs).values(**values, uuid=str(uuid.uuid4()))
-        ).inserted_primary_key[0]
+        return int(
+            conn.execute(
+                sa.insert(production_runs).values(**values, uuid=str(uuid.uuid4()))
+            ).inserted_primary_key[0]
+        )
+
+
+def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: Any) -> None:
+    from snapshot_backfill import backfill
+
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    the_plan = backfill.plan(engine)
+    late = _record_a_late_run(engine)
     assert the_plan.max_run_id is not None and late > the_plan.max_run_id
     report = backfill.run(engine, known_plan=the_plan)
     assert report.too_recent == 1
@@ -555,6 +561,28 @@ def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: 
             sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == late)
         ).scalar_one()
     assert link is None
+
+
+def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
+    backend: Backend, build_state: Any
+) -> None:
+    """A plan built by hand, without ``max_run_id``: the run takes every run, late ones too."""
+    import dataclasses
+
+    from snapshot_backfill import backfill
+
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    the_plan = dataclasses.replace(backfill.plan(engine), max_run_id=None)
+    late = _record_a_late_run(engine)
+    report = backfill.run(engine, known_plan=the_plan)
+    assert report.too_recent == 0 and report.ok, report
+    assert report.migrated + report.linked_existing == the_plan.work + 1, report
+    with engine.connect() as conn:
+        link = conn.execute(
+            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == late)
+        ).scalar_one()
+    assert link is not None
 
 
 def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend) -> None:
