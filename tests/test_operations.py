@@ -650,6 +650,8 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
             sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == ahead)
         ).scalar_one()
     assert linked is not None
+    # Linked, it is still dated ahead, but there is nothing left to hold back.
+    assert backfill.count_too_recent(engine, 300) == 0
 
 
 def test_a_run_exactly_min_age_old_is_old_enough(
