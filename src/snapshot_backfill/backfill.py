@@ -408,17 +408,12 @@ class _Batch:
         self.rows = len(rows)
         self.link: list[Any] = []
         self.migrate: list[Any] = []
-        self.orphans: list[Any] = []
-        self.undated: list[Any] = []
         # One pass: a Row's attribute lookup is not free (three passes were ~4% of a run).
+        # The others (recipe gone, or no produced_at) a run leaves: the plan lists them.
         for r in rows:
             if r.snapshot_id is not None:
                 self.link.append(r)
-            elif r.recipe_found is None:
-                self.orphans.append(r)
-            elif r.undated:
-                self.undated.append(r)
-            else:
+            elif r.recipe_found is not None and not r.undated:
                 self.migrate.append(r)
 
 
@@ -453,7 +448,7 @@ def _next_batch(
             runs.c.recipe_id,
             snaps.c.id.label("snapshot_id"),
             recipes.c.id.label("recipe_found"),
-            case((runs.c.produced_at.is_(None), 1), else_=0).label("undated"),
+            runs.c.produced_at.is_(None).label("undated"),
         )
         .select_from(
             runs.outerjoin(snaps, own_snapshot).outerjoin(recipes, recipes.c.id == runs.c.recipe_id)
