@@ -7,6 +7,7 @@ migration lock for every writing command, safety before consent on servers, ``pl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -527,6 +528,14 @@ def test_a_run_adapts_its_batches_to_the_target_and_pauses_between_them(
     assert report.to_dict()["longest_batch_s"] == 3.0
 
 
+def _snapshot_of(engine: sa.Engine, run_id: int) -> Optional[int]:
+    """The snapshot run ``run_id`` links, or None."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == run_id)
+        ).scalar_one()
+
+
 def _record_a_late_run(engine: sa.Engine) -> int:
     """The application records a run (a copy of an unlinked one) after a plan was made."""
     with engine.begin() as conn:
@@ -556,19 +565,13 @@ def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: 
     report = backfill.run(engine, known_plan=the_plan)
     assert report.too_recent == 1
     assert report.migrated == the_plan.to_migrate
-    with engine.connect() as conn:
-        link = conn.execute(
-            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == late)
-        ).scalar_one()
-    assert link is None
+    assert _snapshot_of(engine, late) is None
 
 
 def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
     backend: Backend, build_state: Any
 ) -> None:
     """A plan built by hand, without ``max_run_id``: the run takes every run, late ones too."""
-    import dataclasses
-
     from snapshot_backfill import backfill
 
     build_state("from_sample_data")
@@ -578,11 +581,7 @@ def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
     report = backfill.run(engine, known_plan=the_plan)
     assert report.too_recent == 0 and report.ok, report
     assert report.migrated + report.linked_existing == the_plan.work + 1, report
-    with engine.connect() as conn:
-        link = conn.execute(
-            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == late)
-        ).scalar_one()
-    assert link is not None
+    assert _snapshot_of(engine, late) is not None
 
 
 def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend) -> None:
@@ -609,11 +608,7 @@ def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend)
     ran = cli("run", *writing(backend), "--no-backup", "--json")
     assert ran.code == EXIT_OK, ran
     assert ran.json["too_recent"] == 1 and "longest_batch_s" in ran.json, ran
-    with engine.connect() as conn:
-        linked = conn.execute(
-            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == young)
-        ).scalar_one()
-    assert linked is None
+    assert _snapshot_of(engine, young) is None
     text = cli("run", *writing(backend), "--no-backup")
     # Said on the screen before the question, and in the report after the run.
     assert "Of these, 1 runs created in the last 300 seconds are left" in text.stdout, text
@@ -645,11 +640,7 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
     assert backfill.count_too_recent(engine, 0) == 0
     report = backfill.run(engine, min_age_s=0)
     assert report.too_recent == 0 and report.ok, report
-    with engine.connect() as conn:
-        linked = conn.execute(
-            sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == ahead)
-        ).scalar_one()
-    assert linked is not None
+    assert _snapshot_of(engine, ahead) is not None
     # Linked, it is still dated ahead, but there is nothing left to hold back.
     assert backfill.count_too_recent(engine, 300) == 0
 
