@@ -29,7 +29,8 @@ from snapshot_backfill.database import (
 )
 from snapshot_backfill.errors import BadInputError, DatabaseUnavailableError
 from snapshot_backfill.journal import journal
-from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing import fingerprint
+from snapshot_backfill.testing.backends import MARIADB, Backend
 from snapshot_backfill.testing.expectations import StateInfo
 
 
@@ -338,3 +339,31 @@ def test_a_file_uri_names_a_windows_path_on_windows() -> None:
     # Path.as_uri() writes C:\Users\a#b\x.db as file:///C:/Users/a%23b/x.db on Windows.
     assert uri_path("/C:/Users/a%23b/x.db", windows=True) == "C:\\Users\\a#b\\x.db"
     assert uri_path("/home/a%23b/x.db", windows=False) == "/home/a#b/x.db"
+
+
+@pytest.mark.parametrize(
+    "backend_kind", [pytest.param(MARIADB, marks=pytest.mark.mariadb)], indirect=True
+)
+def test_a_mariadb_url_migrates_verifies_and_rolls_back_as_a_mysql_url_does(
+    backend: Backend, build_state: Callable[[str], StateInfo]
+) -> None:
+    """``mariadb://`` (documented) gives SQLAlchemy's "mariadb" dialect, not "mysql": every
+    MySQL branch (the lock, the batch's row locks, the payload column, its capacity, the
+    statistics) must know that name too. The tests' own URLs are ``mysql+pymysql``."""
+    info = build_state("from_sample_data")
+    before = fingerprint.take(backend.make_engine())
+    engine = open_engine(backend.url.set(drivername="mariadb+pymysql"))
+    try:
+        assert engine.dialect.name == "mariadb"
+        report = backfill.run(engine, batch_size=info.batch_size)
+        assert report.ok, report
+        assert (report.migrated, report.linked_existing) == (
+            len(info.to_migrate),
+            len(info.to_link_existing),
+        ), report
+        assert backfill.verify(engine).ok
+        undone = backfill.rollback(engine, batch_size=info.batch_size)
+        assert undone.runs_unlinked == len(info.work), undone
+    finally:
+        engine.dispose()
+    fingerprint.assert_same(before, fingerprint.take(backend.make_engine()), "rolled back")
