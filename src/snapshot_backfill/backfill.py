@@ -433,9 +433,7 @@ class _Bounds:
         return found
 
 
-def _next_batch(
-    conn: Connection, after: int, size: int, bounds: Optional[_Bounds] = None
-) -> Optional[_Batch]:
+def _next_batch(conn: Connection, after: int, size: int, bounds: _Bounds) -> Optional[_Batch]:
     # Keyset pagination: "id > after ORDER BY id LIMIT size" seeks straight to the batch
     # through the index on recipe_snapshot_id (whose entries are in id order within NULL).
     # The snapshot side gets the bound too: PostgreSQL merge-joins recipe_snapshots by
@@ -459,7 +457,7 @@ def _next_batch(
         .order_by(runs.c.id)
     )
     taken = [runs.c.recipe_snapshot_id.is_(None), runs.c.id > after]
-    taken += bounds.clauses() if bounds is not None else []
+    taken += bounds.clauses()
     backend = conn.dialect.name
     if backend in ("mysql", "mariadb"):
         # MariaDB has no FOR UPDATE OF: a locking read of the join would lock the recipe
@@ -807,7 +805,7 @@ def _run_batches(
     engine: Engine,
     sizer: BatchSizer,
     report: RunReport,
-    bounds: Optional[_Bounds] = None,
+    bounds: _Bounds,
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[Progress]:
     stored: set[int] = set()
