@@ -528,8 +528,8 @@ def test_a_run_adapts_its_batches_to_the_target_and_pauses_between_them(
     assert report.to_dict()["longest_batch_s"] == 3.0
 
 
-def _snapshot_of(engine: sa.Engine, run_id: int) -> Optional[int]:
-    """The snapshot run ``run_id`` links, or None."""
+def _link_of(engine: sa.Engine, run_id: int) -> Optional[int]:
+    """The snapshot run ``run_id`` links (its recipe_snapshot_id), or None."""
     with engine.connect() as conn:
         return conn.execute(
             sa.select(production_runs.c.recipe_snapshot_id).where(production_runs.c.id == run_id)
@@ -565,7 +565,7 @@ def test_a_run_takes_no_run_added_after_its_plan(backend: Backend, build_state: 
     report = backfill.run(engine, known_plan=the_plan)
     assert report.too_recent == 1
     assert report.migrated == the_plan.to_migrate
-    assert _snapshot_of(engine, late) is None
+    assert _link_of(engine, late) is None
 
 
 def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
@@ -581,7 +581,7 @@ def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
     report = backfill.run(engine, known_plan=the_plan)
     assert report.too_recent == 0 and report.ok, report
     assert report.migrated + report.linked_existing == the_plan.work + 1, report
-    assert _snapshot_of(engine, late) is not None
+    assert _link_of(engine, late) is not None
 
 
 def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend) -> None:
@@ -608,7 +608,7 @@ def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend)
     ran = cli("run", *writing(backend), "--no-backup", "--json")
     assert ran.code == EXIT_OK, ran
     assert ran.json["too_recent"] == 1 and "longest_batch_s" in ran.json, ran
-    assert _snapshot_of(engine, young) is None
+    assert _link_of(engine, young) is None
     text = cli("run", *writing(backend), "--no-backup")
     # Said on the screen before the question, and in the report after the run.
     assert "Of these, 1 runs created in the last 300 seconds are left" in text.stdout, text
@@ -640,7 +640,7 @@ def test_min_age_counts_only_runs_created_within_it_and_zero_turns_it_off(
     assert backfill.count_too_recent(engine, 0) == 0
     report = backfill.run(engine, min_age_s=0)
     assert report.too_recent == 0 and report.ok, report
-    assert _snapshot_of(engine, ahead) is not None
+    assert _link_of(engine, ahead) is not None
     # Linked, it is still dated ahead, but there is nothing left to hold back.
     assert backfill.count_too_recent(engine, 300) == 0
 
