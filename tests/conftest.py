@@ -77,6 +77,9 @@ from snapshot_backfill.testing.backends import (
     wait_for_drops,
 )
 
+# The `process` marker and the check that every test starting a process carries it.
+pytest_plugins = ["process_marker"]
+
 BACKEND_PARAMS = [
     pytest.param(SQLITE, id=SQLITE),
     pytest.param(POSTGRESQL, id=POSTGRESQL, marks=pytest.mark.postgresql),

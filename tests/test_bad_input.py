@@ -168,6 +168,7 @@ def _make_mutable(path: Path) -> None:
     path.chmod(0o644)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.id in ("run", "rollback")])
 def test_a_read_only_sqlite_file(sqlite_backend: Backend, command: list[str]) -> None:
     engine = sqlite_backend.make_engine()

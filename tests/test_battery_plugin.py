@@ -13,6 +13,9 @@ import pytest
 from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
 from snapshot_backfill.testing.digest import table_digests
 
+# Every test here starts a process (tox.ini: the py311 and server envs run these).
+pytestmark = pytest.mark.process
+
 # The battery's checks come with testing.battery and testing.scratch.
 CHECKS = pytest.importorskip("snapshot_backfill.testing.battery_run").CHECKS
 

@@ -419,6 +419,7 @@ def _script(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 def test_the_work_package_script_keeps_its_interface(sample: Sample) -> None:
     before = sample.path.read_bytes()
     dry = _script("--dry-run", "--database-url", sample.url)
@@ -437,6 +438,7 @@ def test_the_work_package_script_keeps_its_interface(sample: Sample) -> None:
     assert _script("--verify", "--database-url", sample.url).returncode == EXIT_OK
 
 
+@pytest.mark.process
 def test_python_dash_m_is_the_same_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "snapshot_backfill", "--version"],

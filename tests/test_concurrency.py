@@ -105,6 +105,7 @@ def assert_every_run_done_once(engine: Engine, info: expectations.StateInfo, whe
     assert sorted(report.orphaned_run_ids) == sorted(info.orphaned), where
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("second_timeout", ["60", "0"], ids=["second-waits", "second-gives-up"])
 def test_two_migrators_at_once_create_one_snapshot_per_run(
     backend: Backend, build_state: Any, second_timeout: str
@@ -142,6 +143,7 @@ def _insert_application_runs(engine: Engine, template: dict[str, Any], count: in
     return ids
 
 
+@pytest.mark.process
 def test_the_application_keeps_recording_runs_meanwhile(backend: Backend, build_state: Any) -> None:
     info = build_state("large")
     # The application's own settings: a 5 s busy timeout on SQLite (SQLAlchemy's default).
@@ -173,6 +175,7 @@ def test_the_application_keeps_recording_runs_meanwhile(backend: Backend, build_
     assert_every_run_done_once(app, expected, backend.describe())
 
 
+@pytest.mark.process
 def test_on_sqlite_a_waiting_application_waits_for_one_batch_not_for_the_run(
     sqlite_backend: Backend,
 ) -> None:
@@ -205,6 +208,7 @@ def test_on_sqlite_a_waiting_application_waits_for_one_batch_not_for_the_run(
     assert max(waited) <= 2, f"batches committed while the application waited: {waited}"
 
 
+@pytest.mark.process
 def test_the_default_pause_is_sqlites_only(backend: Backend, build_state: Any) -> None:
     build_state("from_sample_data")
     code, out, err = finish(start_migrator(backend))
@@ -214,6 +218,7 @@ def test_the_default_pause_is_sqlites_only(backend: Backend, build_state: Any) -
     assert expected == 0.0 or expected > pacing.SQLITE_LONGEST_BUSY_SLEEP_S
 
 
+@pytest.mark.process
 @POSIX_SIGNALS
 @pytest.mark.parametrize("links_before_kill", [1, 120, 700])
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(
@@ -244,6 +249,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(
     )
 
 
+@pytest.mark.process
 @POSIX_SIGNALS
 def test_ctrl_c_keeps_committed_batches_prints_a_summary_and_exits_130(
     backend: Backend, build_state: Any
@@ -266,6 +272,7 @@ def test_ctrl_c_keeps_committed_batches_prints_a_summary_and_exits_130(
     assert_every_run_done_once(engine, info, backend.describe())
 
 
+@pytest.mark.process
 @POSIX_SIGNALS
 def test_sigterm_stops_like_ctrl_c(sqlite_backend: Backend) -> None:
     engine = sqlite_backend.make_engine()

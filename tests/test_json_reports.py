@@ -183,6 +183,7 @@ def messy(backend: Backend, build_state: Any) -> Messy:
     return Messy(backend, build_state("from_sample_data"))
 
 
+@pytest.mark.process
 def test_plan_json(messy: Messy) -> None:
     result = messy.cli("plan", "--json")
     assert result.code == EXIT_OK, result
@@ -214,6 +215,7 @@ def test_plan_json(messy: Messy) -> None:
     )
 
 
+@pytest.mark.process
 def test_run_json_and_its_report_file(messy: Messy, tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     result = messy.cli(
@@ -278,6 +280,7 @@ def test_a_run_error_names_its_recipe_only_when_the_recipe_is_the_cause() -> Non
     }
 
 
+@pytest.mark.process
 def test_verify_json(messy: Messy) -> None:
     assert messy.cli("run", "--yes", "--no-backup").code == EXIT_FAILED
     result = messy.cli("verify", "--json")
@@ -298,6 +301,7 @@ def test_verify_json(messy: Messy) -> None:
     assert verified["runs_checked"] == messy.info.total_runs
 
 
+@pytest.mark.process
 def test_rollback_json(messy: Messy) -> None:
     assert messy.cli("run", "--yes", "--no-backup").code == EXIT_FAILED
     result = messy.cli("rollback", "--json", "--yes", "--no-backup", "--batch-size", "10")
@@ -316,6 +320,7 @@ def test_rollback_json(messy: Messy) -> None:
     assert report["duration_s"] == round(report["duration_s"], 3) >= 0
 
 
+@pytest.mark.process
 def test_upgrade_schema_json(backend: Backend, build_state: Any) -> None:
     build_state(blueprint.PRE_SNAPSHOT_SCHEMA)
     url = backend.cli_url

@@ -36,6 +36,7 @@ from snapshot_backfill.testing.backends import Backend
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.process,
     pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL"),
 ]
 

@@ -47,6 +47,7 @@ def loaded_and_run(backend: Backend) -> None:
 # --- issue 13, 1: rollback keeps the application's newer updated_at ------------------------
 
 
+@pytest.mark.process
 def test_rollback_keeps_an_updated_at_the_application_wrote_after_the_link(
     backend: Backend,
 ) -> None:
@@ -77,6 +78,7 @@ def test_rollback_keeps_an_updated_at_the_application_wrote_after_the_link(
     assert row.updated_at == later
 
 
+@pytest.mark.process
 def test_load_sample_keeps_the_updated_at_it_inserted_when_it_links(backend: Backend) -> None:
     # Every UPDATE the tool issues says which updated_at it means; load-sample's links and
     # variant links are not a change made later than the rows' own time.
@@ -113,6 +115,7 @@ def _foreign_sqlite(path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", ["zero-byte file", "foreign SQLite database"])
 def test_rollback_refuses_a_file_that_is_not_the_applications_before_any_backup(
     tmp_path: Path, kind: str
@@ -131,6 +134,7 @@ def test_rollback_refuses_a_file_that_is_not_the_applications_before_any_backup(
     assert _listing(tmp_path) == ["bake.db"], result
 
 
+@pytest.mark.process
 def test_rollback_with_nothing_to_undo_says_so_without_asking_or_backing_up(
     backend: Backend,
 ) -> None:
@@ -189,6 +193,7 @@ def _index_missing(backend: Backend) -> bool:
     return "ix_recipes_is_production_ready" not in names
 
 
+@pytest.mark.process
 def test_upgrade_schema_waits_for_or_is_refused_the_lock_a_run_holds(
     backend: Backend, tmp_path: Path
 ) -> None:
@@ -269,6 +274,7 @@ def test_yes_alone_does_not_write_to_a_server(backend: Backend, command: str) ->
 # --- issue 14: plan --check ------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_plan_check_fails_while_runs_would_be_written_or_linked(backend: Backend) -> None:
     result = cli("load-sample", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
@@ -302,6 +308,7 @@ def _load(path: Path) -> None:
     assert result.code == EXIT_OK, result
 
 
+@pytest.mark.process
 def test_without_a_url_the_app_default_database_is_used_and_named(
     tmp_path: Path,
 ) -> None:
@@ -332,6 +339,7 @@ def test_without_a_url_the_app_default_database_is_used_and_named(
     assert str(database) in refused.stdout.splitlines()[0], refused
 
 
+@pytest.mark.process
 def test_a_missing_default_database_is_named_and_never_created(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -346,6 +354,7 @@ def test_a_missing_default_database_is_named_and_never_created(tmp_path: Path) -
     assert list(home.iterdir()) == []
 
 
+@pytest.mark.process
 def test_in_development_the_checkouts_database_is_used(tmp_path: Path) -> None:
     checkout = tmp_path / "bake-tracker"
     (checkout / "src" / "utils").mkdir(parents=True)
@@ -366,6 +375,7 @@ def test_in_development_the_checkouts_database_is_used(tmp_path: Path) -> None:
     assert "BAKING_TRACKER_ENV=staging" in unknown.stderr, unknown
 
 
+@pytest.mark.process
 def test_an_explicit_url_wins_over_the_application_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
     _load(home / "Documents" / "BakeTracker" / "baking_tracker.db")
@@ -387,6 +397,7 @@ def test_the_progress_rate_and_eta_are_measured_from_the_first_batch() -> None:
     assert line == "12,000/48,000 runs (3 batches, 6,000 runs/s, ETA 6s)"
 
 
+@pytest.mark.process
 def test_piped_progress_shows_a_rate_and_an_eta(sqlite_backend: Backend) -> None:
     result = cli("load-sample", "--database-url", sqlite_backend.cli_url)
     assert result.code == EXIT_OK, result
@@ -409,6 +420,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_an_interrupted_rollback_prints_a_summary_and_exits_130(
     backend: Backend, as_json: bool
@@ -584,6 +596,7 @@ def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
     assert _link_of(engine, late) is not None
 
 
+@pytest.mark.process
 def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend) -> None:
     from snapshot_backfill.models import utc_now
 
@@ -721,6 +734,7 @@ def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any
 # --- issue 14: honest messages and help --------------------------------------------------------
 
 
+@pytest.mark.process
 def test_debug_after_the_command_is_accepted(tmp_path: Path) -> None:
     missing = tmp_path / "bake.db"
     result = cli("plan", "--database-url", str(missing), "--debug")
@@ -729,6 +743,7 @@ def test_debug_after_the_command_is_accepted(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.process
 def test_a_relative_sqlite_url_hints_at_four_slashes_or_a_bare_path(tmp_path: Path) -> None:
     result = cli("plan", "--database-url", "sqlite:///tmp/no-such-bake.db", cwd=tmp_path)
     assert result.code == EXIT_BAD_INPUT, result
@@ -737,6 +752,7 @@ def test_a_relative_sqlite_url_hints_at_four_slashes_or_a_bare_path(tmp_path: Pa
     assert "sqlite:////tmp/no-such-bake.db" in line and "/tmp/no-such-bake.db" in line, result
 
 
+@pytest.mark.process
 def test_a_driver_that_is_not_installed_is_named_with_how_to_install_it() -> None:
     pytest.importorskip("sqlalchemy")
     try:
@@ -752,6 +768,7 @@ def test_a_driver_that_is_not_installed_is_named_with_how_to_install_it() -> Non
     assert "postgresql://" in line, result
 
 
+@pytest.mark.process
 def test_help_shows_exit_codes_an_example_and_every_command_described() -> None:
     top = cli("--help")
     assert top.code == EXIT_OK, top
@@ -772,6 +789,7 @@ def test_load_sample_file_takes_a_url_as_text(tmp_path: Path) -> None:
     assert report.expected.total_runs > 0 and path.exists()
 
 
+@pytest.mark.process
 def test_datagen_has_a_command_line(tmp_path: Path) -> None:
     datagen = Path(__file__).resolve().parents[1] / "benchmarks" / "datagen.py"
 

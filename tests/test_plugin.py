@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test here starts a process (tox.ini: the py311 and server envs run these).
+pytestmark = pytest.mark.process
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Use the harness in your own tests"
 UNRELATED = """

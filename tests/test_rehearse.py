@@ -174,6 +174,7 @@ def document(out: str) -> dict[str, Any]:
     return parsed
 
 
+@pytest.mark.process
 def test_go_on_the_sample_database_and_the_source_is_unchanged(
     backend: Backend, sample: StateInfo, scratch_dir: Path, tmp_path: Path
 ) -> None:
@@ -219,6 +220,7 @@ connection.close()
 """
 
 
+@pytest.mark.process
 def test_sqlite_wal_source_keeps_its_bytes_and_side_files(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -244,6 +246,7 @@ def test_sqlite_wal_source_keeps_its_bytes_and_side_files(
     assert document(out)["verdict"] == "go"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "triggers, failing_check",
     [(REWRITE_SCALE_FACTOR, "verify_passes_after"), (BLOCK_RUN_UPDATE, "run_matches_plan")],
@@ -273,6 +276,7 @@ def test_no_go_names_the_check_and_the_runs(
     assert f"FAILED {failing_check}" in text and str(run_ids[0]) in text
 
 
+@pytest.mark.process
 def test_pre_snapshot_database_needs_upgrade_schema(
     backend: Backend, build_state: Callable[[str], StateInfo], scratch_dir: Path
 ) -> None:
@@ -302,6 +306,7 @@ def _wait_for_scratch(
     pytest.fail("rehearse made no scratch copy in time")
 
 
+@pytest.mark.process
 def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_scratch(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -323,6 +328,7 @@ def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_
     fingerprint.assert_same(before, take(backend), "the rehearsal after a kill changed its source")
 
 
+@pytest.mark.process
 def test_ctrl_c_removes_the_scratch_and_exits_130(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -350,6 +356,7 @@ def test_an_empty_scratch_url_is_used_and_left_empty(
         assert sa.inspect(conn).get_table_names() == []
 
 
+@pytest.mark.process
 def test_a_non_empty_scratch_url_is_refused(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -374,6 +381,7 @@ def test_a_non_empty_scratch_url_is_refused(
     assert code == EXIT_BAD_INPUT and "names the source" in err
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "option, value",
     [("--max-batch-seconds", "0"), ("--max-batch-seconds", "nan"), ("--batch-size", "0")],

@@ -100,6 +100,7 @@ def run_in_small_batches(backend: Backend) -> Result:
 # --- 2. one recipe whose payload cannot be built or stored ---------------------------------
 
 
+@pytest.mark.process
 def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_linked(
     sqlite_backend: Backend,
 ) -> None:
@@ -138,6 +139,7 @@ def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_link
     assert f"recipe {recipe_id}" in human.stdout, human
 
 
+@pytest.mark.process
 def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
     backend: Backend, build_state: Any
 ) -> None:
@@ -160,6 +162,7 @@ def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
 # --- 3. NaN and Infinity ---------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_a_non_finite_quantity_is_reported_not_written_as_non_standard_json(
     backend: Backend, build_state: Any, value: str
@@ -184,6 +187,7 @@ def test_a_non_finite_quantity_is_reported_not_written_as_non_standard_json(
     check_only_these_unlinked(backend, engine, info, run_ids)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_verify_rejects_what_a_strict_json_parser_rejects(
     backend: Backend, build_state: Any, constant: str
@@ -236,6 +240,7 @@ def small_tmpfs(tmp_path: Path) -> Any:
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("where", ["--backup PATH", "default"])
 def test_disk_full_during_the_backup_leaves_nothing_behind(
     sqlite_backend: Backend, small_tmpfs: Any, where: str
@@ -298,6 +303,7 @@ def test_a_backup_that_fails_half_way_leaves_no_file(
 # --- 6. permissions of what the tool writes -------------------------------------------------
 
 
+@pytest.mark.process
 @POSIX_ONLY
 def test_the_backup_lock_and_report_are_no_more_readable_than_the_database(
     sqlite_backend: Backend,
@@ -324,6 +330,7 @@ def test_the_backup_lock_and_report_are_no_more_readable_than_the_database(
 # --- 7. demo --path ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_demo_refuses_to_overwrite_a_file_it_did_not_create(tmp_path: Path) -> None:
     existing = tmp_path / "bake_tracker_demo.sqlite"
     existing.write_bytes(b"the user's own file")
@@ -338,6 +345,7 @@ def test_demo_refuses_to_overwrite_a_file_it_did_not_create(tmp_path: Path) -> N
     assert _listing(tmp_path) == sorted([existing.name, notes.name])
 
 
+@pytest.mark.process
 def test_demo_leaves_files_beside_its_database_alone(tmp_path: Path) -> None:
     notes = tmp_path / "bake_tracker_demo.sqlite.notes.txt"
     notes.write_text("my notes")
@@ -349,6 +357,7 @@ def test_demo_leaves_files_beside_its_database_alone(tmp_path: Path) -> None:
 # --- 8. load-sample only into a new or empty database ---------------------------------------
 
 
+@pytest.mark.process
 def test_load_sample_refuses_a_database_with_foreign_tables(backend: Backend) -> None:
     engine = backend.make_engine()
     with engine.begin() as conn:
@@ -367,6 +376,7 @@ def test_load_sample_refuses_a_database_with_foreign_tables(backend: Backend) ->
         assert backend.path is not None and backend.path.read_bytes() == content
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("content", [b"shopping list: flour, sugar\n" * 50, b"\x00" * 100])
 def test_load_sample_refuses_a_file_that_is_not_a_sqlite_database(
     tmp_path: Path, content: bytes
@@ -405,6 +415,7 @@ def test_load_sample_refuses_a_file_that_is_not_a_sqlite_database(
         ("upgrade-schema", "--lock-timeout", "nan"),
     ],
 )
+@pytest.mark.process
 def test_a_bad_number_is_a_one_line_usage_error_and_nothing_is_written(
     sqlite_backend: Backend, command: str, option: str, value: str
 ) -> None:
@@ -435,6 +446,7 @@ def _no_secret(text: str) -> None:
         assert part not in text, f"{part!r} of the password is shown:\n{text}"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 def test_an_unencoded_at_in_a_password_is_never_shown(scheme: str) -> None:
     url = f"{scheme}://baker:p@ss/w#rd%@127.0.0.1:1/bakery"
@@ -445,6 +457,7 @@ def test_an_unencoded_at_in_a_password_is_never_shown(scheme: str) -> None:
         assert "***" in result.stderr, result
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 def test_an_encoded_password_is_masked_in_connection_errors(scheme: str) -> None:
     url = f"{scheme}://baker:p%40ss%2Fw%23rd%25@127.0.0.1:1/bakery"
@@ -499,6 +512,7 @@ def relax_produced_at(engine: Engine) -> None:
     engine.dispose()
 
 
+@pytest.mark.process
 def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
     backend: Backend, build_state: Any
 ) -> None:
@@ -547,6 +561,7 @@ def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
     ], verified
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("change", ["produced_at NULL", "another produced_at"])
 def test_verify_reports_a_backfilled_snapshot_whose_date_is_not_its_runs(
     backend: Backend, build_state: Any, change: str

@@ -720,6 +720,7 @@ def test_real_schema_dry_run_changes_no_byte(real_pre_db: Path) -> None:
     assert real_pre_db.read_bytes() == before
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
 def test_real_schema_upgrade_killed_mid_transaction_completes_on_rerun(

@@ -150,6 +150,7 @@ def _empty(backend: Backend) -> None:
     engine.dispose()
 
 
+@pytest.mark.process
 def test_the_totals_and_the_question_end_a_screen_that_fits_40_rows(
     sqlite_backend: Backend,
 ) -> None:
@@ -175,6 +176,7 @@ def test_the_totals_and_the_question_end_a_screen_that_fits_40_rows(
     assert len(re.findall(r"^ +\d+ ", table, re.MULTILINE)) == 60, full.output
 
 
+@pytest.mark.process
 def test_a_long_orphan_list_wraps_between_ids(sqlite_backend: Backend) -> None:
     _empty(sqlite_backend)
     engine = sqlite_backend.make_engine()

@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+# Every test here starts a process (tox.ini: the py311 and server envs run these).
+pytestmark = pytest.mark.process
+
 TEST_ONLY = ("pytest", "_pytest", "pluggy", "factory", "faker", "hypothesis")
 # What pytest loads the plugin with when only pytest is there (no [testing] extra).
 HARNESS_ONLY = ("factory", "faker", "hypothesis")

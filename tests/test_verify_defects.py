@@ -201,6 +201,7 @@ def foreign_keys_off(engine: Engine) -> Iterator[Connection]:
 # --- unlinked_run ----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_a_run_without_a_link_or_a_snapshot_is_an_unlinked_run(migrated: Migrated) -> None:
     run_id, snapshot_id = migrated.migrated_run()
     recipe_id = migrated.info.run_recipe[run_id]
@@ -216,6 +217,7 @@ def test_a_run_without_a_link_or_a_snapshot_is_an_unlinked_run(migrated: Migrate
     )
 
 
+@pytest.mark.process
 def test_a_run_whose_snapshot_exists_but_is_not_linked_is_an_unlinked_run(
     migrated: Migrated,
 ) -> None:
@@ -234,6 +236,7 @@ def test_a_run_whose_snapshot_exists_but_is_not_linked_is_an_unlinked_run(
     )
 
 
+@pytest.mark.process
 def test_a_run_whose_recipe_is_gone_but_whose_snapshot_exists_is_an_unlinked_run(
     migrated: Migrated,
 ) -> None:
@@ -254,6 +257,7 @@ def test_a_run_whose_recipe_is_gone_but_whose_snapshot_exists_is_an_unlinked_run
     )
 
 
+@pytest.mark.process
 def test_an_undated_run_without_a_snapshot_is_an_unlinked_run_that_says_why(
     migrated: Migrated,
 ) -> None:
@@ -278,6 +282,7 @@ def test_an_undated_run_without_a_snapshot_is_an_unlinked_run_that_says_why(
     )
 
 
+@pytest.mark.process
 def test_an_orphan_is_listed_but_is_not_a_problem(migrated: Migrated) -> None:
     # The sample's orphans: recipe gone, no snapshot. A run with a snapshot but no recipe
     # whose link is missing is a problem (above); without a snapshot it is not.
@@ -288,6 +293,7 @@ def test_an_orphan_is_listed_but_is_not_a_problem(migrated: Migrated) -> None:
     assert (result.json["problems_total"], result.json["problems"]) == (0, []), result
 
 
+@pytest.mark.process
 def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) -> None:
     # An orphan (recipe gone, no snapshot row) that the application linked to another run's
     # snapshot: a wrong link, and no longer among the runs left unlinked.
@@ -304,6 +310,7 @@ def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) 
 # --- wrong_link ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_a_run_linked_to_another_runs_snapshot_is_a_wrong_link(migrated: Migrated) -> None:
     run_id, _ = migrated.migrated_run(4)
     other_run, other_snapshot = migrated.migrated_run(5)
@@ -316,6 +323,7 @@ def test_a_run_linked_to_another_runs_snapshot_is_a_wrong_link(migrated: Migrate
     )
 
 
+@pytest.mark.process
 def test_two_runs_with_their_links_swapped_are_two_wrong_links_in_run_order(
     migrated: Migrated,
 ) -> None:
@@ -336,6 +344,7 @@ def test_two_runs_with_their_links_swapped_are_two_wrong_links_in_run_order(
     )
 
 
+@pytest.mark.process
 def test_a_run_linked_to_a_snapshot_that_does_not_exist_is_a_wrong_link(
     migrated: Migrated,
 ) -> None:
@@ -369,6 +378,7 @@ def test_a_run_linked_to_a_snapshot_that_does_not_exist_is_a_wrong_link(
     ],
     ids=["truncated", "empty", "NaN", "-Infinity"],
 )
+@pytest.mark.process
 def test_a_snapshot_column_that_is_not_json_is_bad_json(
     migrated: Migrated, column: str, text: str, reason: str
 ) -> None:
@@ -396,6 +406,7 @@ def test_a_snapshot_column_that_is_not_json_is_bad_json(
     ],
     ids=["recipe-list", "recipe-str", "recipe-null", "ingredients-object", "ingredients-number"],
 )
+@pytest.mark.process
 def test_a_snapshot_column_of_the_wrong_json_type_is_bad_json(
     migrated: Migrated, column: str, text: str, detail: str
 ) -> None:
@@ -421,6 +432,7 @@ def test_a_snapshot_column_of_the_wrong_json_type_is_bad_json(
     ],
     ids=["wrong-type-then-invalid", "invalid-then-wrong-type"],
 )
+@pytest.mark.process
 def test_both_columns_wrong_are_two_problems_in_column_order(
     migrated: Migrated,
     recipe_data: str,
@@ -449,6 +461,7 @@ def test_both_columns_wrong_are_two_problems_in_column_order(
 # --- backfill_scale_factor, backfill_snapshot_date, backfill_flag -----------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("scale_factor", [2.0, 0.5])
 def test_a_backfilled_snapshot_scaled_other_than_one_is_a_scale_factor_problem(
     migrated: Migrated, scale_factor: float
@@ -466,6 +479,7 @@ def test_a_backfilled_snapshot_scaled_other_than_one_is_a_scale_factor_problem(
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "shift", [timedelta(days=1), -timedelta(seconds=1)], ids=["later", "earlier"]
 )
@@ -489,6 +503,7 @@ def test_a_backfilled_snapshot_dated_other_than_its_run_is_a_date_problem(
     )
 
 
+@pytest.mark.process
 def test_a_backfilled_snapshot_of_a_run_without_produced_at_is_a_date_problem(
     migrated: Migrated,
 ) -> None:
@@ -508,6 +523,7 @@ def test_a_backfilled_snapshot_of_a_run_without_produced_at_is_a_date_problem(
     )
 
 
+@pytest.mark.process
 def test_a_snapshot_the_backfill_created_but_not_flagged_is_a_flag_problem(
     migrated: Migrated,
 ) -> None:
@@ -519,6 +535,7 @@ def test_a_snapshot_the_backfill_created_but_not_flagged_is_a_flag_problem(
     )
 
 
+@pytest.mark.process
 def test_flag_problems_are_listed_by_snapshot_not_in_journal_order(migrated: Migrated) -> None:
     pair = sorted((migrated.migrated_run(i) for i in (13, 14)), key=lambda run: run[1])
     (low_run, low_snapshot), (high_run, high_snapshot) = pair
@@ -537,6 +554,7 @@ def test_flag_problems_are_listed_by_snapshot_not_in_journal_order(migrated: Mig
     )
 
 
+@pytest.mark.process
 def test_a_scale_and_a_date_problem_of_one_snapshot_are_both_reported(migrated: Migrated) -> None:
     run_id, snapshot_id = migrated.migrated_run(14)
     produced_at = migrated.row(run_id).produced_at
@@ -560,6 +578,7 @@ def test_a_scale_and_a_date_problem_of_one_snapshot_are_both_reported(migrated: 
     )
 
 
+@pytest.mark.process
 def test_backfill_problems_are_listed_by_snapshot_not_by_run(migrated: Migrated) -> None:
     # The lowest run's snapshot made again by a later run: its id is now above the others'.
     low_run, old_snapshot = migrated.migrated_run(0)
@@ -588,6 +607,7 @@ def test_backfill_problems_are_listed_by_snapshot_not_by_run(migrated: Migrated)
 # --- look-alikes that are not defects --------------------------------------------------------
 
 
+@pytest.mark.process
 def test_snapshots_the_application_wrote_are_not_held_to_the_backfill_rules(
     migrated: Migrated,
 ) -> None:
@@ -613,6 +633,7 @@ def test_snapshots_the_application_wrote_are_not_held_to_the_backfill_rules(
     assert result.json["ok"] is True and result.json["problems"] == [], result
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend_kind", ["sqlite"], indirect=True)
 def test_two_spellings_of_one_instant_are_one_date(migrated: Migrated) -> None:
     # SQLite keeps dates as text: a snapshot_date written without the microseconds the run's
@@ -665,6 +686,7 @@ def plant_one_of_each(migrated: Migrated) -> list[tuple[str, int, Optional[int]]
     ]
 
 
+@pytest.mark.process
 def test_several_defects_are_all_reported_in_order(migrated: Migrated) -> None:
     expected = plant_one_of_each(migrated)
     result = verify_cli(migrated.backend, "--json")
@@ -686,6 +708,7 @@ def test_several_defects_are_all_reported_in_order(migrated: Migrated) -> None:
     ), human
 
 
+@pytest.mark.process
 def test_verify_lists_the_first_problems_up_to_its_cap_and_counts_them_all(
     migrated: Migrated,
 ) -> None:
