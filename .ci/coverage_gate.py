@@ -2,14 +2,16 @@
 
 Usage (tox's ``coverage`` env, after ``coverage combine``): ``python .ci/coverage_gate.py WORK_DIR``
 
-The full matrix is every env of ``MATRIX`` with its tests run. An env is missing when its junit
-file is absent (tox skipped it: no such interpreter here) or, for a server env, when its tests
-were skipped for want of a server (their skip reason starts ``no <kind> server:``). A run with
-envs missing says which, and is held to the full bar less the allowance of what is missing:
-how much the full matrix's coverage drops without it (``SERVER_ALLOWANCE``: measured, plus
-half a point for run-to-run noise). A missing Python version costs nothing: the package has
-no code that depends on the Python version, so any one of them covers what the others do;
-with none of them run, the SQLite tests did not run and the gate fails.
+Coverage is measured where every test runs: ``py311`` (SQLite, the tests that start processes
+included) and the server envs. The other Pythons run a subset of ``py311``'s tests (tox.ini:
+all but the ``process`` ones) on code with no branch that depends on the Python version, so
+they could add nothing and measure nothing. The full matrix is every env of ``MATRIX`` with its
+tests run. An env is missing when its junit file is absent (tox skipped it: no such
+interpreter here) or, for a server env, when its tests were skipped for want of a server (their
+skip reason starts ``no <kind> server:``). A run with a server env missing says which, and is
+held to the full bar less the allowance of what is missing: how much the full matrix's coverage
+drops without it (``SERVER_ALLOWANCE``: measured, plus half a point for run-to-run noise).
+Without ``py311`` the SQLite tests did not all run, and the gate fails.
 Nothing missing: ``fail_under`` of pyproject.toml (95), unchanged.
 """
 
@@ -21,9 +23,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 FULL_BAR = 95.0
-PYTHON_ENVS = ("py39", "py310", "py311", "py312", "py313")
+SQLITE_ENV = "py311"
 SERVER_ENVS = {"py311-postgresql": "postgresql", "py311-mariadb": "mariadb"}
-MATRIX = (*PYTHON_ENVS, *SERVER_ENVS)
+MATRIX = (SQLITE_ENV, *SERVER_ENVS)
 # Percentage points the full matrix's combined coverage loses without these server envs, plus
 # 0.5, rounded up. Measured (coverage combine of each env's data): full matrix 96.53%; py311
 # with both server envs 96.51% (the other Pythons add 0.02); without py311-postgresql 94.38%
@@ -67,10 +69,11 @@ def bar_for(missing: dict[str, str]) -> float:
 
 def main(work_dir: Path) -> int:
     missing = missing_envs(work_dir)
-    if all(env in missing for env in PYTHON_ENVS):
+    if SQLITE_ENV in missing:
         print(
-            "coverage gate: none of " + ", ".join(PYTHON_ENVS) + " ran: the SQLite tests did "
-            "not run, and no bar holds without them",
+            f"coverage gate: {SQLITE_ENV} {missing[SQLITE_ENV]}: it is the env that runs every "
+            "SQLite test (the other Pythons leave out those that start processes), and no bar "
+            "holds without it",
             file=sys.stderr,
         )
         return 1

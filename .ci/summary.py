@@ -1,8 +1,9 @@
-"""Print a one-screen summary of a CI run from tox's junit files; exit 1 if a server env skipped.
+"""Print a one-screen summary of a CI run from tox's junit files; exit 1 if an env did not run.
 
 Usage: ``python .ci/summary.py WORK_DIR TESTS_RC BENCH_RC SECONDS``. A server env is skipped when
-it did not run or its tests were skipped for want of a server (``coverage_gate.missing_envs``):
-in CI every backend must have run, whatever the coverage env allowed.
+it did not run or its tests were skipped for want of a server (``coverage_gate.missing_envs``);
+a Python env, when tox skipped it for want of its interpreter (no junit file). In CI every
+backend and every supported Python must have run, whatever tox and the coverage env allowed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from coverage_gate import SERVER_ENVS, missing_envs
+
+PYTHON_ENVS = ("py39", "py310", "py311", "py312", "py313", "mindeps")
 
 
 def main(work_dir: str, tests_rc: str, bench_rc: str, seconds: str) -> int:
@@ -36,8 +39,13 @@ def main(work_dir: str, tests_rc: str, bench_rc: str, seconds: str) -> int:
     }
     for env, why in skipped_servers.items():
         print(f"  FAIL: server env {env} {why}")
+    skipped_pythons = [
+        env for env in PYTHON_ENVS if not (Path(work_dir) / f"junit-{env}.xml").exists()
+    ]
+    for env in skipped_pythons:
+        print(f"  FAIL: env {env} did not run (no interpreter for it)")
     print(f"{totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
-    return 1 if skipped_servers else 0
+    return 1 if skipped_servers or skipped_pythons else 0
 
 
 if __name__ == "__main__":
