@@ -32,6 +32,8 @@ from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
 from snapshot_backfill.testing.scratch import MARKER_TABLE, SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
 
+from platforms import POSIX_SIGNALS
+
 pytestmark = pytest.mark.slow
 
 
@@ -302,6 +304,7 @@ def _wait_for_scratch(
     pytest.fail("rehearse made no scratch copy in time")
 
 
+@POSIX_SIGNALS
 def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_scratch(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -323,6 +326,7 @@ def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_
     fingerprint.assert_same(before, take(backend), "the rehearsal after a kill changed its source")
 
 
+@POSIX_SIGNALS
 def test_ctrl_c_removes_the_scratch_and_exits_130(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -388,6 +392,7 @@ def test_bad_options_are_refused_before_anything_is_read(
     fingerprint.assert_same(before, take(backend), "a refused rehearsal changed its source")
 
 
+@POSIX_SIGNALS
 def test_a_killed_rehearsal_in_a_scratch_url_is_emptied_by_the_next(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
