@@ -164,7 +164,8 @@ def _make_immutable(path: Path) -> bool:
 
 
 def _make_mutable(path: Path) -> None:
-    subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+    with contextlib.suppress(OSError):  # no chattr (macOS, Windows): the chmod was all
+        subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
     path.chmod(0o644)
 
 
