@@ -4,6 +4,7 @@ backup can fail leaving no partial file behind."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -93,8 +94,10 @@ def test_the_sqlite_lock_file_stays_next_to_the_database(sqlite_backend: Backend
     engine = sqlite_backend.make_engine()
     with migration_lock(engine, timeout=0):
         assert lock_file.exists()
-    # Removing it would let a waiter on the old inode and a newcomer both hold "the" lock.
-    assert lock_file.exists()
+    # Removing it would let a waiter on the old inode and a newcomer both hold "the" lock. On
+    # Windows, filelock's own release removes it, whatever the caller wants.
+    if sys.platform != "win32":
+        assert lock_file.exists()
     with migration_lock(engine, timeout=0):
         pass
 
