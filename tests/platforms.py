@@ -11,3 +11,7 @@ import pytest
 POSIX_SIGNALS = pytest.mark.skipif(
     sys.platform == "win32", reason="needs POSIX signals (SIGKILL, SIGINT, SIGTERM to a child)"
 )
+# For a file name parameter that holds "?", which a Windows file name cannot.
+QUESTION_MARK_NAMES = pytest.mark.skipif(
+    sys.platform == "win32", reason='a Windows file name cannot hold "?"'
+)
