@@ -79,7 +79,7 @@ __all__ = [
 PathArg = Union[str, "os.PathLike[str]"]
 
 DEFAULT_SAMPLE_PATH = Path(__file__).parent / "data" / "sample_data.json"
-"""The sample shipped with the package (a symlink to ``test_data/sample_data.json``)."""
+"""The sample shipped with the package (a copy of ``test_data/sample_data.json``)."""
 
 EXTENSION_KEY = "snapshot_backfill"
 EXTENSION_FORMAT = 1
