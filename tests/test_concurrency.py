@@ -23,14 +23,11 @@ from snapshot_backfill.models import new_uuid, production_runs, recipe_snapshots
 from snapshot_backfill.testing import expectations, fingerprint, states
 from snapshot_backfill.testing.backends import Backend
 
+from platforms import POSIX_SIGNALS
+
 pytestmark = pytest.mark.slow
 
 PROCESS_TIMEOUT_S = 180
-# Windows has no SIGKILL, and Popen.send_signal there sends neither SIGINT nor a SIGTERM a
-# process can catch (it terminates it outright).
-POSIX_SIGNALS = pytest.mark.skipif(
-    sys.platform == "win32", reason="needs POSIX signals (SIGKILL, SIGINT, SIGTERM to a child)"
-)
 
 
 def start_migrator(backend: Backend, *extra: str) -> subprocess.Popen[str]:

@@ -4,6 +4,7 @@ backup can fail leaving no partial file behind."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -22,6 +23,8 @@ from snapshot_backfill.database import display_url
 from snapshot_backfill.errors import EXIT_LOCKED, BadInputError, LockedError
 from snapshot_backfill.locking import migration_lock, sqlite_lock_path
 from snapshot_backfill.testing.backends import Backend
+
+from platforms import QUESTION_MARK_NAMES
 
 WAIT_S = 0.4
 
@@ -93,8 +96,10 @@ def test_the_sqlite_lock_file_stays_next_to_the_database(sqlite_backend: Backend
     engine = sqlite_backend.make_engine()
     with migration_lock(engine, timeout=0):
         assert lock_file.exists()
-    # Removing it would let a waiter on the old inode and a newcomer both hold "the" lock.
-    assert lock_file.exists()
+    # Removing it would let a waiter on the old inode and a newcomer both hold "the" lock. On
+    # Windows, filelock's own release removes it, whatever the caller wants.
+    if sys.platform != "win32":
+        assert lock_file.exists()
     with migration_lock(engine, timeout=0):
         pass
 
@@ -230,7 +235,7 @@ def test_a_disk_error_mid_copy_removes_the_partial_backup(database: Path, tmp_pa
     assert rows(database) == [(1, "Shortbread"), (2, "Scones"), (3, "Fudge")]
 
 
-@pytest.mark.parametrize("name", ["bake#2.db", "bake?.db"])
+@pytest.mark.parametrize("name", ["bake#2.db", pytest.param("bake?.db", marks=QUESTION_MARK_NAMES)])
 def test_a_path_with_uri_characters_is_backed_up_whole(tmp_path: Path, name: str) -> None:
     database = tmp_path / name
     with closing(sqlite3.connect(database)) as conn:

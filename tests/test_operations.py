@@ -408,12 +408,13 @@ def test_piped_progress_shows_a_rate_and_an_eta(sqlite_backend: Backend) -> None
 
 
 # A real `rollback` that is interrupted (SIGINT, as Ctrl-C sends) after its first batch.
+# raise_signal, not os.kill: on Windows os.kill(pid, SIGINT) ends the process outright.
 _INTERRUPTED_ROLLBACK = """
-import os, signal, sys
+import signal, sys
 from snapshot_backfill import cli
 
 def interrupt(self, progress):
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
 
 cli._ProgressPrinter.__call__ = interrupt
 sys.exit(cli.main(sys.argv[1:]))

@@ -32,6 +32,8 @@ from snapshot_backfill.testing.backends import Backend
 from snapshot_backfill.testing.expectations import StateInfo
 from snapshot_backfill.testing.scratch import MARKER_TABLE, SCRATCH_PREFIX, SQLITE_PREFIX, host_tag
 
+from platforms import POSIX_SIGNALS
+
 pytestmark = pytest.mark.slow
 
 
@@ -307,6 +309,7 @@ def _wait_for_scratch(
 
 
 @pytest.mark.process
+@POSIX_SIGNALS
 def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_scratch(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -329,6 +332,7 @@ def test_sigkill_leaves_the_source_unchanged_and_the_next_rehearsal_removes_the_
 
 
 @pytest.mark.process
+@POSIX_SIGNALS
 def test_ctrl_c_removes_the_scratch_and_exits_130(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:
@@ -396,6 +400,8 @@ def test_bad_options_are_refused_before_anything_is_read(
     fingerprint.assert_same(before, take(backend), "a refused rehearsal changed its source")
 
 
+@pytest.mark.process
+@POSIX_SIGNALS
 def test_a_killed_rehearsal_in_a_scratch_url_is_emptied_by_the_next(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:

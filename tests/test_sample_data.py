@@ -92,10 +92,10 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadReport]:
 
 
 def test_default_sample_is_the_test_data_file() -> None:
-    # A symlink in the source tree, a copy in an installed wheel: the same bytes either way.
+    # A copy, not a symlink, which a Windows checkout (no core.symlinks) makes a text file.
     assert (
         DEFAULT_SAMPLE_PATH.read_bytes() == (REPO / "test_data" / "sample_data.json").read_bytes()
-    )
+    ), "copy test_data/sample_data.json to src/snapshot_backfill/data/ (they must not differ)"
 
 
 def test_sample_loads_with_the_documented_counts(loaded: tuple[Path, LoadReport]) -> None:

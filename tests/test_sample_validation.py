@@ -10,6 +10,7 @@ import io
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Sequence
 from contextlib import closing
 from datetime import datetime
@@ -1117,6 +1118,9 @@ def test_a_directory_is_not_a_sample_file(tmp_path: Path) -> None:
     assert_rejected_without_changes(tmp_path, folder, message)
 
 
+@pytest.mark.skipif(
+    sys.platform == "win32", reason="Windows has no ENOTDIR for a path through a file"
+)
 def test_a_path_through_a_file_cannot_be_read(tmp_path: Path) -> None:
     # The parent is a regular file: neither "not found" nor "a directory" but ENOTDIR.
     parent = tmp_path / "notes.txt"

@@ -6,15 +6,12 @@ line and the summaries.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
 import select
 import struct
 import subprocess
 import sys
-import termios
 import time
 
 import pytest
@@ -22,6 +19,14 @@ import pytest
 from snapshot_backfill.errors import EXIT_OK
 from snapshot_backfill.testing import states
 from snapshot_backfill.testing.backends import Backend
+
+if sys.platform == "win32":
+    pytest.skip("needs a POSIX pseudo-terminal (pty, termios, fcntl)", allow_module_level=True)
+
+# Imported only where they exist: on Windows their import would fail the collection.
+import fcntl
+import pty
+import termios
 
 PROCESS_TIMEOUT_S = 120
 PROMPT = "[y/N]"

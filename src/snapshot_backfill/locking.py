@@ -118,5 +118,6 @@ def _sqlite_lock(engine: Engine, timeout: float) -> Iterator[None]:
         yield
     finally:
         # The file stays: removing it would let a migrator that is waiting on the old inode and
-        # one that creates a new file both believe they hold the lock.
+        # one that creates a new file both believe they hold the lock. (On Windows filelock's
+        # release removes it all the same.)
         lock.release()

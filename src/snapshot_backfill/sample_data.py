@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sqlite3
+import sys
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -78,7 +79,7 @@ __all__ = [
 PathArg = Union[str, "os.PathLike[str]"]
 
 DEFAULT_SAMPLE_PATH = Path(__file__).parent / "data" / "sample_data.json"
-"""The sample shipped with the package (a symlink to ``test_data/sample_data.json``)."""
+"""The sample shipped with the package (a copy of ``test_data/sample_data.json``)."""
 
 EXTENSION_KEY = "snapshot_backfill"
 EXTENSION_FORMAT = 1
@@ -330,9 +331,10 @@ def read_sample(path: PathArg) -> SampleData:
         raw = file.read_bytes()
     except FileNotFoundError:
         raise BadInputError(f"sample data file not found: {source}") from None
-    except IsADirectoryError:
-        raise BadInputError(f"{source} is a directory, not a sample data file") from None
     except OSError as exc:
+        # Windows will not open a directory ("Permission denied") where POSIX says EISDIR.
+        if isinstance(exc, IsADirectoryError) or (sys.platform == "win32" and file.is_dir()):
+            raise BadInputError(f"{source} is a directory, not a sample data file") from None
         raise BadInputError(f"cannot read sample data file {source}: {exc.strerror}") from None
     try:
         # utf-8-sig: editors on Windows like to prepend a byte-order mark.

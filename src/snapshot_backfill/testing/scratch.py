@@ -31,6 +31,7 @@ import os
 import re
 import socket
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
@@ -106,8 +107,11 @@ def host_tag() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Tell whether process ``pid`` of this host still runs (when it cannot tell: yes)."""
     if pid == os.getpid():
         return True
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,6 +119,42 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # exists, owned by someone else (or cannot tell: assume alive)
     return True
+
+
+if sys.platform == "win32":  # pragma: no cover - Windows
+    import ctypes
+    from ctypes import wintypes
+
+    _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+    _STILL_ACTIVE = 259
+    _ERROR_INVALID_PARAMETER = 87  # what OpenProcess says of a pid that no process has
+    _kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    _kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    _kernel32.OpenProcess.restype = wintypes.HANDLE
+    _kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    _kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    _kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    _kernel32.CloseHandle.restype = wintypes.BOOL
+
+    def _windows_pid_alive(pid: int) -> bool:
+        """Tell whether process ``pid`` runs, without ``os.kill(pid, 0)``.
+
+        On Windows ``os.kill`` with a signal number is TerminateProcess: it would end the
+        process it asks about. The process is opened for a query instead, and its exit code
+        read (STILL_ACTIVE while it runs).
+        """
+        handle = _kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            # Access denied: it exists, owned by someone else (or cannot tell: assume alive).
+            return ctypes.get_last_error() != _ERROR_INVALID_PARAMETER
+        try:
+            code = wintypes.DWORD()
+            if not _kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return True  # cannot tell: assume alive
+            # One that exited with code 259 reads as running: its scratch is left alone.
+            return code.value == _STILL_ACTIVE
+        finally:
+            _kernel32.CloseHandle(handle)
 
 
 def _new_name(separator: str, prefix: str) -> str:
