@@ -249,6 +249,7 @@ def test_upgrade_schema_waits_for_or_is_refused_the_lock_a_run_holds(
 # --- issue 14: safety before consent ---------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("command", ["run", "rollback", "upgrade-schema"])
 def test_yes_alone_does_not_write_to_a_server(backend: Backend, command: str) -> None:
     if backend.is_sqlite:

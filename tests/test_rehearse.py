@@ -346,6 +346,7 @@ def test_ctrl_c_removes_the_scratch_and_exits_130(
     fingerprint.assert_same(before, take(backend), "an interrupted rehearsal changed its source")
 
 
+@pytest.mark.process
 def test_an_empty_scratch_url_is_used_and_left_empty(
     backend: Backend, sample: StateInfo, scratch_dir: Path
 ) -> None:

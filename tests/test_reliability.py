@@ -467,6 +467,7 @@ def test_an_encoded_password_is_masked_in_connection_errors(scheme: str) -> None
     assert "baker:***@127.0.0.1:1/bakery" in result.stderr, result
 
 
+@pytest.mark.process
 def test_the_password_is_masked_in_the_plan_header_and_the_report_file(
     backend: Backend, build_state: Any, tmp_path: Path
 ) -> None:

@@ -162,6 +162,7 @@ def test_a_probe_without_the_driver_says_why() -> None:
     assert servers.probe(sa.make_url("nosuchdialect://u@h/db")) is not None
 
 
+@pytest.mark.process
 @pytest.mark.mariadb
 @pytest.mark.skipif(
     servers._which("mariadbd", "mysqld") is None, reason="no mariadbd installed to start"
@@ -190,6 +191,7 @@ def test_a_throwaway_mariadb_answers_then_is_stopped_and_removed(
         own.remove(started)
 
 
+@pytest.mark.process
 @pytest.mark.postgresql
 def test_a_throwaway_postgresql_answers_then_is_stopped_and_removed(
     request: pytest.FixtureRequest,

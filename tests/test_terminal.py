@@ -110,6 +110,7 @@ def server_only(backend: Backend) -> None:
 # --- safety before consent ------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_on_a_server_the_dump_to_take_is_shown_before_the_question(backend: Backend) -> None:
     server_only(backend)
     loaded(backend)
