@@ -59,14 +59,6 @@ def test_a_server_env_that_skipped_for_want_of_a_server_is_missing(
     assert gate.bar_for(missing) < gate.bar_for({"py311-postgresql": ""}) < 95
 
 
-def test_the_other_pythons_are_not_part_of_the_coverage_matrix(gate: Any, tmp_path: Path) -> None:
-    # They run a subset of py311's tests without coverage (tox.ini): their absence lowers nothing.
-    for env in gate.MATRIX:
-        junit(tmp_path, env)
-    assert gate.missing_envs(tmp_path) == {}
-    assert not any(env in gate.MATRIX for env in ("py39", "py310", "py312", "py313", "mindeps"))
-
-
 def test_without_py311_the_gate_fails_saying_why(
     gate: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
