@@ -244,15 +244,16 @@ def build_payloads(
 def create_payload_table(conn: Connection) -> None:
     """Create the (empty) temporary payload table on ``conn``, replacing a stale one.
 
-    A pooled connection may still hold the table of an earlier run that stopped half-way.
+    A pooled connection may still hold the table of an earlier run that stopped half-way
+    (``drop_all`` checks first, as it does by default).
     """
-    _payload_metadata.drop_all(conn, checkfirst=True)
+    _payload_metadata.drop_all(conn)
     _payload_metadata.create_all(conn)
 
 
 def drop_payload_table(conn: Connection) -> None:
     """Drop the temporary payload table of ``conn`` (closing the connection drops it too)."""
-    _payload_metadata.drop_all(conn, checkfirst=True)
+    _payload_metadata.drop_all(conn)
 
 
 def store_payloads(conn: Connection, payloads: dict[int, SnapshotPayload]) -> None:
