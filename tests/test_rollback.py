@@ -320,7 +320,7 @@ def test_the_journal_is_undone_in_the_order_the_links_were_made_not_in_run_order
     with pytest.raises(Interrupted):
         _rollback(run_done, 7, stop_after_first)
 
-    _check_partly_rolled_back(run_done, sorted(run_done.journaled)[7:14])
+    _check_partly_rolled_back(run_done, list(run_done.journaled)[7:14])
 
 
 def test_ctrl_c_between_two_batches_says_how_far_the_rollback_got(run_done: RunDone) -> None:
@@ -342,7 +342,7 @@ def test_ctrl_c_between_two_batches_says_how_far_the_rollback_got(run_done: RunD
     assert report.interrupted is True
     assert (report.batches, report.journal_entries, report.runs_unlinked) == (2, 14, 14)
     assert 0 < report.duration_s <= elapsed
-    _check_partly_rolled_back(run_done, sorted(run_done.journaled)[:14])
+    _check_partly_rolled_back(run_done, list(run_done.journaled)[:14])
 
 
 def test_a_batch_that_fails_half_way_is_undone_as_a_whole(run_done: RunDone) -> None:
@@ -362,7 +362,7 @@ def test_a_batch_that_fails_half_way_is_undone_as_a_whole(run_done: RunDone) -> 
             _rollback(run_done, 10)
     finally:
         event.remove(run_done.engine, "before_cursor_execute", fail_second_journal_delete)
-    _check_partly_rolled_back(run_done, sorted(run_done.journaled)[:10])
+    _check_partly_rolled_back(run_done, list(run_done.journaled)[:10])
 
     _rollback(run_done, 10)
     _assert_restored(run_done, "a rollback whose second batch failed, then resumed")
