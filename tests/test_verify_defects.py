@@ -1,16 +1,18 @@
 """``verify`` sees every defect it claims to: one planted at a time, on every backend.
 
 Each test starts from the sample data migrated by a real run (``verify`` passes), plants exactly
-one defect with one or two statements, and runs ``snapshot-backfill verify --json`` in a new
-process: exit 1, and exactly one problem with its kind, run id, snapshot id and the detail's
-facts. A check that is inverted, dropped or renamed fails the test of its kind. The last tests
-plant several defects at once (their order, the listing cap and ``problems_total``) and a few
-look-alikes that are not defects.
+one defect with one or two statements, and runs ``snapshot-backfill verify --json`` (the
+command line's ``main``, in the test's process): exit 1, and exactly one problem with its kind,
+run id, snapshot id and the detail's facts. A check that is inverted, dropped or renamed fails
+the test of its kind. The last tests plant several defects at once (their order, the listing cap
+and ``problems_total``) and a few look-alikes that are not defects; one of them runs the command
+in a process of its own, as CI runs it, for the exit code the process itself returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -25,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from snapshot_backfill import backfill
+from snapshot_backfill.cli import main
 from snapshot_backfill.errors import EXIT_FAILED, EXIT_OK
 from snapshot_backfill.journal import journal
 from snapshot_backfill.models import production_runs, recipe_snapshots
@@ -56,7 +59,19 @@ class Verified:
 
 
 def verify_cli(backend: Backend, *options: str) -> Verified:
-    """``snapshot-backfill verify --database-url URL OPTIONS`` in a new process."""
+    """``snapshot-backfill verify --database-url URL OPTIONS``: the command line's ``main``."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = main(
+        ["verify", "--database-url", backend.cli_url, *options],
+        stdout=stdout,
+        stderr=stderr,
+        stdin=io.StringIO(),
+    )
+    return Verified(code, stdout.getvalue(), stderr.getvalue())
+
+
+def verify_process(backend: Backend, *options: str) -> Verified:
+    """The same command in a new process, as CI runs it (the exit code the process returns)."""
     command = [sys.executable, "-m", "snapshot_backfill", "verify"]
     env = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
     completed = subprocess.run(
@@ -146,13 +161,12 @@ def flag_problem(run_id: int, snapshot_id: int) -> dict[str, Any]:
 def expect_problems(
     migrated: Migrated, *expected: dict[str, Any], orphans: Optional[list[int]] = None
 ) -> dict[str, Any]:
-    """verify, in a process: exit 1 and exactly these problems (``detail`` exact or a list
+    """verify: exit 1 and exactly these problems (``detail`` exact or a list
     of facts it must contain); the counts of what it checked; the orphans left alone."""
     result = verify_cli(migrated.backend, "--json")
     assert result.code == EXIT_FAILED, result
     document = result.json
-    # The library says what the command printed (and mutation testing, which sees only the
-    # calls made in the test's own process, can tell which tests check verify).
+    # The library says what the command printed.
     assert backfill.verify(migrated.engine).to_dict() == document
     problems = document["problems"]
     assert document["ok"] is False, result
@@ -201,7 +215,6 @@ def foreign_keys_off(engine: Engine) -> Iterator[Connection]:
 # --- unlinked_run ----------------------------------------------------------------------------
 
 
-@pytest.mark.process
 def test_a_run_without_a_link_or_a_snapshot_is_an_unlinked_run(migrated: Migrated) -> None:
     run_id, snapshot_id = migrated.migrated_run()
     recipe_id = migrated.info.run_recipe[run_id]
@@ -217,7 +230,6 @@ def test_a_run_without_a_link_or_a_snapshot_is_an_unlinked_run(migrated: Migrate
     )
 
 
-@pytest.mark.process
 def test_a_run_whose_snapshot_exists_but_is_not_linked_is_an_unlinked_run(
     migrated: Migrated,
 ) -> None:
@@ -236,7 +248,6 @@ def test_a_run_whose_snapshot_exists_but_is_not_linked_is_an_unlinked_run(
     )
 
 
-@pytest.mark.process
 def test_a_run_whose_recipe_is_gone_but_whose_snapshot_exists_is_an_unlinked_run(
     migrated: Migrated,
 ) -> None:
@@ -257,7 +268,6 @@ def test_a_run_whose_recipe_is_gone_but_whose_snapshot_exists_is_an_unlinked_run
     )
 
 
-@pytest.mark.process
 def test_an_undated_run_without_a_snapshot_is_an_unlinked_run_that_says_why(
     migrated: Migrated,
 ) -> None:
@@ -282,7 +292,6 @@ def test_an_undated_run_without_a_snapshot_is_an_unlinked_run_that_says_why(
     )
 
 
-@pytest.mark.process
 def test_an_orphan_is_listed_but_is_not_a_problem(migrated: Migrated) -> None:
     # The sample's orphans: recipe gone, no snapshot. A run with a snapshot but no recipe
     # whose link is missing is a problem (above); without a snapshot it is not.
@@ -293,7 +302,6 @@ def test_an_orphan_is_listed_but_is_not_a_problem(migrated: Migrated) -> None:
     assert (result.json["problems_total"], result.json["problems"]) == (0, []), result
 
 
-@pytest.mark.process
 def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) -> None:
     # An orphan (recipe gone, no snapshot row) that the application linked to another run's
     # snapshot: a wrong link, and no longer among the runs left unlinked.
@@ -310,7 +318,6 @@ def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) 
 # --- wrong_link ------------------------------------------------------------------------------
 
 
-@pytest.mark.process
 def test_a_run_linked_to_another_runs_snapshot_is_a_wrong_link(migrated: Migrated) -> None:
     run_id, _ = migrated.migrated_run(4)
     other_run, other_snapshot = migrated.migrated_run(5)
@@ -323,7 +330,6 @@ def test_a_run_linked_to_another_runs_snapshot_is_a_wrong_link(migrated: Migrate
     )
 
 
-@pytest.mark.process
 def test_two_runs_with_their_links_swapped_are_two_wrong_links_in_run_order(
     migrated: Migrated,
 ) -> None:
@@ -344,7 +350,6 @@ def test_two_runs_with_their_links_swapped_are_two_wrong_links_in_run_order(
     )
 
 
-@pytest.mark.process
 def test_a_run_linked_to_a_snapshot_that_does_not_exist_is_a_wrong_link(
     migrated: Migrated,
 ) -> None:
@@ -378,7 +383,6 @@ def test_a_run_linked_to_a_snapshot_that_does_not_exist_is_a_wrong_link(
     ],
     ids=["truncated", "empty", "NaN", "-Infinity"],
 )
-@pytest.mark.process
 def test_a_snapshot_column_that_is_not_json_is_bad_json(
     migrated: Migrated, column: str, text: str, reason: str
 ) -> None:
@@ -406,7 +410,6 @@ def test_a_snapshot_column_that_is_not_json_is_bad_json(
     ],
     ids=["recipe-list", "recipe-str", "recipe-null", "ingredients-object", "ingredients-number"],
 )
-@pytest.mark.process
 def test_a_snapshot_column_of_the_wrong_json_type_is_bad_json(
     migrated: Migrated, column: str, text: str, detail: str
 ) -> None:
@@ -432,7 +435,6 @@ def test_a_snapshot_column_of_the_wrong_json_type_is_bad_json(
     ],
     ids=["wrong-type-then-invalid", "invalid-then-wrong-type"],
 )
-@pytest.mark.process
 def test_both_columns_wrong_are_two_problems_in_column_order(
     migrated: Migrated,
     recipe_data: str,
@@ -461,7 +463,6 @@ def test_both_columns_wrong_are_two_problems_in_column_order(
 # --- backfill_scale_factor, backfill_snapshot_date, backfill_flag -----------------------------
 
 
-@pytest.mark.process
 @pytest.mark.parametrize("scale_factor", [2.0, 0.5])
 def test_a_backfilled_snapshot_scaled_other_than_one_is_a_scale_factor_problem(
     migrated: Migrated, scale_factor: float
@@ -479,7 +480,6 @@ def test_a_backfilled_snapshot_scaled_other_than_one_is_a_scale_factor_problem(
     )
 
 
-@pytest.mark.process
 @pytest.mark.parametrize(
     "shift", [timedelta(days=1), -timedelta(seconds=1)], ids=["later", "earlier"]
 )
@@ -503,7 +503,6 @@ def test_a_backfilled_snapshot_dated_other_than_its_run_is_a_date_problem(
     )
 
 
-@pytest.mark.process
 def test_a_backfilled_snapshot_of_a_run_without_produced_at_is_a_date_problem(
     migrated: Migrated,
 ) -> None:
@@ -523,7 +522,6 @@ def test_a_backfilled_snapshot_of_a_run_without_produced_at_is_a_date_problem(
     )
 
 
-@pytest.mark.process
 def test_a_snapshot_the_backfill_created_but_not_flagged_is_a_flag_problem(
     migrated: Migrated,
 ) -> None:
@@ -535,7 +533,6 @@ def test_a_snapshot_the_backfill_created_but_not_flagged_is_a_flag_problem(
     )
 
 
-@pytest.mark.process
 def test_flag_problems_are_listed_by_snapshot_not_in_journal_order(migrated: Migrated) -> None:
     pair = sorted((migrated.migrated_run(i) for i in (13, 14)), key=lambda run: run[1])
     (low_run, low_snapshot), (high_run, high_snapshot) = pair
@@ -554,7 +551,6 @@ def test_flag_problems_are_listed_by_snapshot_not_in_journal_order(migrated: Mig
     )
 
 
-@pytest.mark.process
 def test_a_scale_and_a_date_problem_of_one_snapshot_are_both_reported(migrated: Migrated) -> None:
     run_id, snapshot_id = migrated.migrated_run(14)
     produced_at = migrated.row(run_id).produced_at
@@ -578,7 +574,6 @@ def test_a_scale_and_a_date_problem_of_one_snapshot_are_both_reported(migrated: 
     )
 
 
-@pytest.mark.process
 def test_backfill_problems_are_listed_by_snapshot_not_by_run(migrated: Migrated) -> None:
     # The lowest run's snapshot made again by a later run: its id is now above the others'.
     low_run, old_snapshot = migrated.migrated_run(0)
@@ -607,7 +602,6 @@ def test_backfill_problems_are_listed_by_snapshot_not_by_run(migrated: Migrated)
 # --- look-alikes that are not defects --------------------------------------------------------
 
 
-@pytest.mark.process
 def test_snapshots_the_application_wrote_are_not_held_to_the_backfill_rules(
     migrated: Migrated,
 ) -> None:
@@ -633,7 +627,6 @@ def test_snapshots_the_application_wrote_are_not_held_to_the_backfill_rules(
     assert result.json["ok"] is True and result.json["problems"] == [], result
 
 
-@pytest.mark.process
 @pytest.mark.parametrize("backend_kind", ["sqlite"], indirect=True)
 def test_two_spellings_of_one_instant_are_one_date(migrated: Migrated) -> None:
     # SQLite keeps dates as text: a snapshot_date written without the microseconds the run's
@@ -689,7 +682,7 @@ def plant_one_of_each(migrated: Migrated) -> list[tuple[str, int, Optional[int]]
 @pytest.mark.process
 def test_several_defects_are_all_reported_in_order(migrated: Migrated) -> None:
     expected = plant_one_of_each(migrated)
-    result = verify_cli(migrated.backend, "--json")
+    result = verify_process(migrated.backend, "--json")
     assert result.code == EXIT_FAILED, result
     found = [(p["kind"], p["run_id"], p["snapshot_id"]) for p in result.json["problems"]]
     assert found == expected, result
@@ -708,7 +701,6 @@ def test_several_defects_are_all_reported_in_order(migrated: Migrated) -> None:
     ), human
 
 
-@pytest.mark.process
 def test_verify_lists_the_first_problems_up_to_its_cap_and_counts_them_all(
     migrated: Migrated,
 ) -> None:
