@@ -2,8 +2,8 @@
 
 The README's "JSON keys" paragraph is the contract: each command's object has exactly the keys
 below, each of the type given, and the lists hold objects of the documented shape. Each command
-runs in a process of its own on a database where every list has something in it: the sample
-data with an undated run and a recipe that cannot be snapshotted.
+runs (the command line's ``main``, in the test's process) on a database where every list has
+something in it: the sample data with an undated run and a recipe that cannot be snapshotted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from snapshot_backfill.models import production_runs, recipe_ingredients, recipe
 from snapshot_backfill.testing import blueprint, expectations
 from snapshot_backfill.testing.backends import Backend
 
-from cli_process import cli
+from cli_process import main_in_process
 from test_reliability import recipe_with_most_runs_to_migrate, relax_produced_at
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -175,7 +175,7 @@ class Messy:
         _plant_recipe_error(engine, self.bad_recipe)
 
     def cli(self, command: str, *options: str) -> Any:
-        return cli(command, "--database-url", self.backend.cli_url, *options)
+        return main_in_process(command, "--database-url", self.backend.cli_url, *options)
 
 
 @pytest.fixture
@@ -183,7 +183,6 @@ def messy(backend: Backend, build_state: Any) -> Messy:
     return Messy(backend, build_state("from_sample_data"))
 
 
-@pytest.mark.process
 def test_plan_json(messy: Messy) -> None:
     result = messy.cli("plan", "--json")
     assert result.code == EXIT_OK, result
@@ -215,7 +214,6 @@ def test_plan_json(messy: Messy) -> None:
     )
 
 
-@pytest.mark.process
 def test_run_json_and_its_report_file(messy: Messy, tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
     result = messy.cli(
@@ -280,7 +278,6 @@ def test_a_run_error_names_its_recipe_only_when_the_recipe_is_the_cause() -> Non
     }
 
 
-@pytest.mark.process
 def test_verify_json(messy: Messy) -> None:
     assert messy.cli("run", "--yes", "--no-backup").code == EXIT_FAILED
     result = messy.cli("verify", "--json")
@@ -301,7 +298,6 @@ def test_verify_json(messy: Messy) -> None:
     assert verified["runs_checked"] == messy.info.total_runs
 
 
-@pytest.mark.process
 def test_rollback_json(messy: Messy) -> None:
     assert messy.cli("run", "--yes", "--no-backup").code == EXIT_FAILED
     result = messy.cli("rollback", "--json", "--yes", "--no-backup", "--batch-size", "10")
@@ -320,12 +316,11 @@ def test_rollback_json(messy: Messy) -> None:
     assert report["duration_s"] == round(report["duration_s"], 3) >= 0
 
 
-@pytest.mark.process
 def test_upgrade_schema_json(backend: Backend, build_state: Any) -> None:
     build_state(blueprint.PRE_SNAPSHOT_SCHEMA)
     url = backend.cli_url
 
-    dry = cli("upgrade-schema", "--database-url", url, "--json", "--dry-run")
+    dry = main_in_process("upgrade-schema", "--database-url", url, "--json", "--dry-run")
     assert dry.code == EXIT_OK, dry
     check_shape(dry.json, UPGRADE, "upgrade-schema --dry-run")
     assert dry.json["dry_run"] is True and dry.json["already_current"] is False
@@ -333,14 +328,18 @@ def test_upgrade_schema_json(backend: Backend, build_state: Any) -> None:
     assert dry.json["steps"] and all(type(s) is str for s in dry.json["steps"])
     assert dry.json["steps_executed"] == 0 and dry.json["sql"].strip()
 
-    done = cli("upgrade-schema", "--database-url", url, "--json", "--yes", "--no-backup")
+    done = main_in_process(
+        "upgrade-schema", "--database-url", url, "--json", "--yes", "--no-backup"
+    )
     assert done.code == EXIT_OK, done
     check_shape(done.json, UPGRADE, "upgrade-schema")
     assert done.json["dry_run"] is False and done.json["already_current"] is False
     assert done.json["steps"] == dry.json["steps"]
     assert done.json["steps_executed"] == len(dry.json["steps"])
 
-    again = cli("upgrade-schema", "--database-url", url, "--json", "--yes", "--no-backup")
+    again = main_in_process(
+        "upgrade-schema", "--database-url", url, "--json", "--yes", "--no-backup"
+    )
     assert again.code == EXIT_OK, again
     check_shape(again.json, UPGRADE, "upgrade-schema, up to date")
     assert again.json["already_current"] is True

@@ -12,11 +12,6 @@ in a process of its own, as CI runs it, for the exit code the process itself ret
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,62 +22,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from snapshot_backfill import backfill
-from snapshot_backfill.cli import main
 from snapshot_backfill.errors import EXIT_FAILED, EXIT_OK
 from snapshot_backfill.journal import journal
 from snapshot_backfill.models import production_runs, recipe_snapshots
 from snapshot_backfill.testing import expectations, factories, running
 from snapshot_backfill.testing.backends import Backend
 
+from cli_process import Result, cli, main_in_process
 from planted import link, set_snapshot, snapshot_of, unlink
 from test_reliability import relax_produced_at
 
-PROCESS_TIMEOUT_S = 120
 runs = production_runs
 snaps = recipe_snapshots
 
 
-@dataclass
-class Verified:
-    """What ``snapshot-backfill verify`` said, run in a process of its own."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def __repr__(self) -> str:
-        return f"exit {self.code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}"
-
-
-def verify_cli(backend: Backend, *options: str) -> Verified:
+def verify_cli(backend: Backend, *options: str) -> Result:
     """``snapshot-backfill verify --database-url URL OPTIONS``: the command line's ``main``."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = main(
-        ["verify", "--database-url", backend.cli_url, *options],
-        stdout=stdout,
-        stderr=stderr,
-        stdin=io.StringIO(),
-    )
-    return Verified(code, stdout.getvalue(), stderr.getvalue())
+    return main_in_process("verify", "--database-url", backend.cli_url, *options)
 
 
-def verify_process(backend: Backend, *options: str) -> Verified:
+def verify_process(backend: Backend, *options: str) -> Result:
     """The same command in a new process, as CI runs it (the exit code the process returns)."""
-    command = [sys.executable, "-m", "snapshot_backfill", "verify"]
-    env = {k: v for k, v in os.environ.items() if k != "SNAPSHOT_BACKFILL_DATABASE_URL"}
-    completed = subprocess.run(
-        [*command, "--database-url", backend.cli_url, *options],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=PROCESS_TIMEOUT_S,
-        env=env,
-    )
-    return Verified(completed.returncode, completed.stdout, completed.stderr)
+    return cli("verify", "--database-url", backend.cli_url, *options)
 
 
 @dataclass
