@@ -1,4 +1,4 @@
-"""Operating the migrator on a live database (issues 13 and 14), through real processes.
+"""Operating the migrator on a live database (issues 13 and 14), through the command line.
 
 Rollback keeps the application's writes, commands validate before they back up, one
 migration lock for every writing command, safety before consent on servers, ``plan
@@ -26,7 +26,7 @@ from snapshot_backfill.models import production_runs, recipe_snapshots, recipes
 from snapshot_backfill.testing import fingerprint
 from snapshot_backfill.testing.backends import Backend
 
-from cli_process import PROCESS_TIMEOUT_S, cli
+from cli_process import PROCESS_TIMEOUT_S, cli, main_in_process
 from test_reliability import relax_produced_at
 
 
@@ -37,9 +37,9 @@ def writing(backend: Backend) -> list[str]:
 
 def loaded_and_run(backend: Backend) -> None:
     """The bundled sample loaded into the backend's database, then backfilled."""
-    result = cli("load-sample", "--database-url", backend.cli_url)
+    result = main_in_process("load-sample", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
-    result = cli("run", *writing(backend), "--no-backup", "--json")
+    result = main_in_process("run", *writing(backend), "--no-backup", "--json")
     assert result.code == EXIT_OK, result
     assert result.json["migrated"] > 0, result
 
@@ -47,7 +47,6 @@ def loaded_and_run(backend: Backend) -> None:
 # --- issue 13, 1: rollback keeps the application's newer updated_at ------------------------
 
 
-@pytest.mark.process
 def test_rollback_keeps_an_updated_at_the_application_wrote_after_the_link(
     backend: Backend,
 ) -> None:
@@ -66,7 +65,7 @@ def test_rollback_keeps_an_updated_at_the_application_wrote_after_the_link(
             .where(production_runs.c.id == run_id)
             .values(updated_at=later, notes="edited after the backfill")
         )
-    result = cli("rollback", *writing(backend), "--no-backup", "--json")
+    result = main_in_process("rollback", *writing(backend), "--no-backup", "--json")
     assert result.code == EXIT_OK, result
     with engine.connect() as conn:
         row = conn.execute(
@@ -78,11 +77,10 @@ def test_rollback_keeps_an_updated_at_the_application_wrote_after_the_link(
     assert row.updated_at == later
 
 
-@pytest.mark.process
 def test_load_sample_keeps_the_updated_at_it_inserted_when_it_links(backend: Backend) -> None:
     # Every UPDATE the tool issues says which updated_at it means; load-sample's links and
     # variant links are not a change made later than the rows' own time.
-    result = cli("load-sample", "--database-url", backend.cli_url)
+    result = main_in_process("load-sample", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
     engine = backend.make_engine()
     with engine.connect() as conn:
@@ -134,22 +132,21 @@ def test_rollback_refuses_a_file_that_is_not_the_applications_before_any_backup(
     assert _listing(tmp_path) == ["bake.db"], result
 
 
-@pytest.mark.process
 def test_rollback_with_nothing_to_undo_says_so_without_asking_or_backing_up(
     backend: Backend,
 ) -> None:
-    result = cli("load-sample", "--database-url", backend.cli_url)
+    result = main_in_process("load-sample", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
     directory = backend.path.parent if backend.path is not None else None
     before = _listing(directory) if directory is not None else None
     # No --yes and no terminal: a prompt would be refused with exit 2.
-    result = cli("rollback", "--database-url", backend.cli_url)
+    result = main_in_process("rollback", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
     assert "nothing to undo" in result.stdout.lower(), result
     assert "Backup" not in result.stdout and "pg_dump" not in result.stdout, result
     if directory is not None:
         assert _listing(directory) == before
-    result = cli("rollback", "--database-url", backend.cli_url, "--json")
+    result = main_in_process("rollback", "--database-url", backend.cli_url, "--json")
     assert result.code == EXIT_OK, result
     assert result.json["journal_entries"] == 0
 
@@ -275,18 +272,17 @@ def test_yes_alone_does_not_write_to_a_server(backend: Backend, command: str) ->
 # --- issue 14: plan --check ------------------------------------------------------------------
 
 
-@pytest.mark.process
 def test_plan_check_fails_while_runs_would_be_written_or_linked(backend: Backend) -> None:
-    result = cli("load-sample", "--database-url", backend.cli_url)
+    result = main_in_process("load-sample", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
-    pending = cli("plan", "--database-url", backend.cli_url, "--check", "--json")
+    pending = main_in_process("plan", "--database-url", backend.cli_url, "--check", "--json")
     assert pending.code == EXIT_FAILED, pending
     assert pending.json["to_migrate"] + pending.json["to_link_existing"] > 0
-    human = cli("plan", "--database-url", backend.cli_url, "--check")
+    human = main_in_process("plan", "--database-url", backend.cli_url, "--check")
     assert human.code == EXIT_FAILED and "would be written or linked" in human.stdout, human
-    assert cli("run", *writing(backend), "--no-backup").code == EXIT_OK
+    assert main_in_process("run", *writing(backend), "--no-backup").code == EXIT_OK
     # Orphans are left alone by a run: nothing more to write, so the check passes.
-    done = cli("plan", "--database-url", backend.cli_url, "--check", "--json")
+    done = main_in_process("plan", "--database-url", backend.cli_url, "--check", "--json")
     assert done.code == EXIT_OK, done
     assert done.json["orphaned"] > 0
 
@@ -598,11 +594,10 @@ def test_a_plan_without_a_highest_id_bounds_nothing_and_leaves_nothing_behind(
     assert _link_of(engine, late) is not None
 
 
-@pytest.mark.process
 def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend) -> None:
     from snapshot_backfill.models import utc_now
 
-    result = cli("load-sample", "--database-url", backend.cli_url)
+    result = main_in_process("load-sample", "--database-url", backend.cli_url)
     assert result.code == EXIT_OK, result
     engine = backend.make_engine()
     with engine.begin() as conn:
@@ -620,15 +615,15 @@ def test_runs_younger_than_min_age_are_left_to_the_application(backend: Backend)
             .where(production_runs.c.id == young)
             .values(created_at=utc_now(), updated_at=production_runs.c.updated_at)
         )
-    ran = cli("run", *writing(backend), "--no-backup", "--json")
+    ran = main_in_process("run", *writing(backend), "--no-backup", "--json")
     assert ran.code == EXIT_OK, ran
     assert ran.json["too_recent"] == 1 and "longest_batch_s" in ran.json, ran
     assert _link_of(engine, young) is None
-    text = cli("run", *writing(backend), "--no-backup")
+    text = main_in_process("run", *writing(backend), "--no-backup")
     # Said on the screen before the question, and in the report after the run.
     assert "Of these, 1 runs created in the last 300 seconds are left" in text.stdout, text
     assert "left to the application: 1 runs" in text.stdout, text
-    now = cli("run", *writing(backend), "--no-backup", "--min-age", "0", "--json")
+    now = main_in_process("run", *writing(backend), "--no-backup", "--min-age", "0", "--json")
     assert now.code == EXIT_OK and now.json["migrated"] == 1 and now.json["too_recent"] == 0, now
 
 

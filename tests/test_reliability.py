@@ -1,4 +1,4 @@
-"""What an adversarial run found (issue 13): each case through a real process where it is CLI.
+"""What an adversarial run found (issue 13): each case through the command line.
 
 A recipe whose payload cannot be built or stored, non-finite numbers, disk full during the
 backup, the permissions of what the tool writes, the demo and load-sample refusing to
@@ -28,7 +28,7 @@ from snapshot_backfill.models import production_runs, recipe_ingredients, recipe
 from snapshot_backfill.testing import expectations, fingerprint, states
 from snapshot_backfill.testing.backends import Backend
 
-from cli_process import Result, cli
+from cli_process import Result, cli, main_in_process
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
@@ -75,7 +75,7 @@ def check_only_these_unlinked(
     backend: Backend, engine: Engine, info: expectations.StateInfo, run_ids: list[int]
 ) -> None:
     assert linked_runs(engine) == set(info.already_linked) | set(info.work) - set(run_ids)
-    verified = cli("verify", "--database-url", backend.cli_url, "--json")
+    verified = main_in_process("verify", "--database-url", backend.cli_url, "--json")
     assert verified.code == EXIT_FAILED, verified
     problems = verified.json["problems"]
     assert {(p["kind"], p["run_id"]) for p in problems} == {("unlinked_run", r) for r in run_ids}, (
@@ -85,7 +85,7 @@ def check_only_these_unlinked(
 
 def run_in_small_batches(backend: Backend) -> Result:
     """``run --yes --no-backup --json`` in batches of 7, so a bad recipe shares batches."""
-    return cli(
+    return main_in_process(
         "run",
         "--database-url",
         backend.cli_url,
@@ -100,7 +100,6 @@ def run_in_small_batches(backend: Backend) -> Result:
 # --- 2. one recipe whose payload cannot be built or stored ---------------------------------
 
 
-@pytest.mark.process
 def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_linked(
     sqlite_backend: Backend,
 ) -> None:
@@ -120,7 +119,7 @@ def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_link
         )
     url = sqlite_backend.cli_url
 
-    planned = cli("plan", "--database-url", url, "--json")
+    planned = main_in_process("plan", "--database-url", url, "--json")
     assert planned.code == EXIT_OK, planned
     assert planned.json["recipe_errors"] == [
         {
@@ -131,15 +130,16 @@ def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_link
     ], planned
     assert "a pinch" in planned.json["recipe_errors"][0]["error"]
 
-    first = cli("run", "--database-url", url, "--yes", "--no-backup", "--json", "--batch-size", "7")
+    first = main_in_process(
+        "run", "--database-url", url, "--yes", "--no-backup", "--json", "--batch-size", "7"
+    )
     assert_recipe_reported(first, info, recipe_id, run_ids, "a pinch")
     check_only_these_unlinked(sqlite_backend, engine, info, run_ids)
-    human = cli("run", "--database-url", url, "--yes", "--no-backup")
+    human = main_in_process("run", "--database-url", url, "--yes", "--no-backup")
     assert human.code == EXIT_FAILED, human
     assert f"recipe {recipe_id}" in human.stdout, human
 
 
-@pytest.mark.process
 def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
     backend: Backend, build_state: Any
 ) -> None:
@@ -153,7 +153,7 @@ def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
     if backend.kind != "mariadb":  # TEXT is unbounded there: the payload is written whole
         assert result.code == EXIT_OK, result
         assert ("\\u6f22" * 20000) in "".join(t for pair in snapshot_texts(engine) for t in pair)
-        assert cli("verify", "--database-url", backend.cli_url).code == EXIT_OK
+        assert main_in_process("verify", "--database-url", backend.cli_url).code == EXIT_OK
         return
     assert_recipe_reported(result, info, recipe_id, run_ids, "65535")
     check_only_these_unlinked(backend, engine, info, run_ids)
@@ -162,7 +162,6 @@ def test_a_payload_too_large_for_its_column_is_reported_and_the_rest_is_linked(
 # --- 3. NaN and Infinity ---------------------------------------------------------------------
 
 
-@pytest.mark.process
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_a_non_finite_quantity_is_reported_not_written_as_non_standard_json(
     backend: Backend, build_state: Any, value: str
@@ -187,7 +186,6 @@ def test_a_non_finite_quantity_is_reported_not_written_as_non_standard_json(
     check_only_these_unlinked(backend, engine, info, run_ids)
 
 
-@pytest.mark.process
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_verify_rejects_what_a_strict_json_parser_rejects(
     backend: Backend, build_state: Any, constant: str
@@ -201,7 +199,7 @@ def test_verify_rejects_what_a_strict_json_parser_rejects(
             .where(recipe_snapshots.c.id == snapshot_id)
             .values(recipe_data=f'{{"name": "x", "yield_quantity": {constant}}}')
         )
-    result = cli("verify", "--database-url", backend.cli_url, "--json")
+    result = main_in_process("verify", "--database-url", backend.cli_url, "--json")
     assert result.code == EXIT_FAILED, result
     assert [(p["kind"], p["snapshot_id"]) for p in result.json["problems"]] == [
         ("bad_json", snapshot_id)
@@ -513,7 +511,6 @@ def relax_produced_at(engine: Engine) -> None:
     engine.dispose()
 
 
-@pytest.mark.process
 def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
     backend: Backend, build_state: Any
 ) -> None:
@@ -528,7 +525,7 @@ def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
             .values(produced_at=None)
         )
     url = backend.cli_url
-    planned = cli("plan", "--database-url", url, "--json").json
+    planned = main_in_process("plan", "--database-url", url, "--json").json
     assert planned["undated_run_ids"] == [undated]
     assert planned["undated"] == 1
     assert planned["to_migrate"] == len(info.to_migrate) - 1
@@ -539,7 +536,7 @@ def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
     row = next(r for r in planned["per_recipe"] if r["recipe_id"] == info.run_recipe[undated])
     assert row["undated"] == 1
 
-    result = cli("run", "--database-url", url, "--yes", "--no-backup", "--json")
+    result = main_in_process("run", "--database-url", url, "--yes", "--no-backup", "--json")
     assert result.code == EXIT_FAILED, result
     report = result.json
     assert report["undated_run_ids"] == [undated] and report["skipped_undated"] == 1, result
@@ -553,23 +550,25 @@ def test_a_run_without_produced_at_is_reported_not_given_an_invented_date(
             ).all()
             == []
         )
-    human = cli("run", "--database-url", url, "--yes", "--no-backup")
+    human = main_in_process("run", "--database-url", url, "--yes", "--no-backup")
     assert human.code == EXIT_FAILED and str(undated) in human.stdout, human
-    verified = cli("verify", "--database-url", url, "--json")
+    verified = main_in_process("verify", "--database-url", url, "--json")
     assert verified.code == EXIT_FAILED
     assert [(p["kind"], p["run_id"]) for p in verified.json["problems"]] == [
         ("unlinked_run", undated)
     ], verified
 
 
-@pytest.mark.process
 @pytest.mark.parametrize("change", ["produced_at NULL", "another produced_at"])
 def test_verify_reports_a_backfilled_snapshot_whose_date_is_not_its_runs(
     backend: Backend, build_state: Any, change: str
 ) -> None:
     info = build_state("from_sample_data")
     engine = backend.make_engine()
-    assert cli("run", "--database-url", backend.cli_url, "--yes", "--no-backup").code == EXIT_OK
+    assert (
+        main_in_process("run", "--database-url", backend.cli_url, "--yes", "--no-backup").code
+        == EXIT_OK
+    )
     relax_produced_at(engine)
     run_id = sorted(info.to_migrate)[0]
     with engine.begin() as conn:
@@ -578,7 +577,7 @@ def test_verify_reports_a_backfilled_snapshot_whose_date_is_not_its_runs(
             .where(production_runs.c.id == run_id)
             .values(produced_at=None if change == "produced_at NULL" else sa.func.now())
         )
-    result = cli("verify", "--database-url", backend.cli_url, "--json")
+    result = main_in_process("verify", "--database-url", backend.cli_url, "--json")
     assert result.code == EXIT_FAILED, result
     assert [(p["kind"], p["run_id"]) for p in result.json["problems"]] == [
         ("backfill_snapshot_date", run_id)
