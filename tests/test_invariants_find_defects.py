@@ -248,8 +248,25 @@ def test_check_writes_finds_a_journal_entry_missing(migrated: Migrated) -> None:
             "name: expected",
         ),
         ({"ingredients_data": "[]"}, "ingredients_data"),
+        ({"uuid": "6F9619FF-8B86-4D01-B42D-00C04FC964FF"}, "uuid: '6F9619FF"),
+        ({"uuid": "6f9619ff-8b86-1d01-b42d-00c04fc964ff"}, "uuid: '6f9619ff-8b86-1d01"),
+        ({"uuid": "6f9619ff-8b86-4d01-c42d-00c04fc964ff"}, "uuid: '6f9619ff-8b86-4d01-c42d"),
+        ({"uuid": "{6f9619ff-8b86-4d01-b42d-00c04fc964ff}"}, "uuid: '{6f9619ff"),
+        ({"uuid": "snapshot-1"}, "uuid: 'snapshot-1', expected a uuid4"),
     ],
-    ids=["flag", "scale_factor", "date", "bad_json", "recipe_data", "ingredients_data"],
+    ids=[
+        "flag",
+        "scale_factor",
+        "date",
+        "bad_json",
+        "recipe_data",
+        "ingredients_data",
+        "uuid_upper_case",
+        "uuid_version_1",
+        "uuid_variant",
+        "uuid_braces",
+        "uuid_not_one",
+    ],
 )
 def test_check_backfilled_content_finds_a_wrong_column(
     migrated: Migrated, values: dict[str, Any], fact: str

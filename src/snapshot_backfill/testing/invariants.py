@@ -11,6 +11,7 @@ No test-only dependency: the migrator's commands may use these on a user's datab
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -235,7 +236,7 @@ def expected_payload(engine: Engine, recipe_id: int) -> tuple[dict[str, Any], li
 
 
 def check_backfilled_content(engine: Engine, info: StateInfo, where: Mapping[str, Any]) -> None:
-    """Each run to migrate has one new snapshot: flagged, dated, the recipe's current data."""
+    """Each run to migrate has one new snapshot: flagged, dated, a uuid4, its recipe's data now."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -263,6 +264,8 @@ def check_backfilled_content(engine: Engine, info: StateInfo, where: Mapping[str
             problems["scale_factor"] = f"{s.scale_factor!r}, expected 1.0"
         if s.snapshot_date != s.produced_at:
             problems["snapshot_date"] = f"{s.snapshot_date}, expected produced_at {s.produced_at}"
+        if not _is_uuid4_text(s.uuid):
+            problems["uuid"] = f"{s.uuid!r}, expected a uuid4 as str(uuid.uuid4()) writes it"
         if s.run_link != s.id:
             problems["link"] = f"run {run} links {s.run_link}, expected snapshot {s.id}"
         if s.recipe_id != s.run_recipe or s.recipe_id not in info.recipe_ids:
@@ -280,6 +283,15 @@ def check_backfilled_content(engine: Engine, info: StateInfo, where: Mapping[str
                 problems["ingredients_data"] = f"expected {want_lines}\nfound {got_lines}"
         if problems:
             _fail(f"backfilled snapshot {s.id} of run {run} is wrong", where, **problems)
+
+
+def _is_uuid4_text(text: Any) -> bool:
+    """A random (version 4, RFC 4122 variant) uuid, in lower case with hyphens."""
+    try:
+        value = uuid.UUID(text)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return value.version == 4 and value.variant == uuid.RFC_4122 and str(value) == text
 
 
 def _loads(text: str) -> Any:
