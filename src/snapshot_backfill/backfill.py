@@ -500,7 +500,8 @@ def _uuid4_sql(conn: Connection) -> Any:
     backend = conn.dialect.name
     if backend == "postgresql":
         return cast(func.gen_random_uuid(), String)
-    return literal_column(_SQLITE_UUID4 if backend == "sqlite" else _MYSQL_UUID4, String)
+    # No type: the text goes straight into an INSERT ... SELECT, where nothing reads it back.
+    return literal_column(_SQLITE_UUID4 if backend == "sqlite" else _MYSQL_UUID4)
 
 
 def _among(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
