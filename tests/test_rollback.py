@@ -587,3 +587,28 @@ def test_a_batch_deletes_only_the_snapshots_of_its_own_entries(run_done: RunDone
     report = _rollback(run_done, 7)
     assert snapshot_id not in _snapshot_ids(run_done.engine)
     assert report.left_alone == 1
+
+
+# --- the planner's statistics ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("journaled", ["every link", "links to existing snapshots only", "none"])
+def test_a_rollback_that_changed_rows_refreshes_the_planner_statistics(
+    run_done: RunDone, monkeypatch: pytest.MonkeyPatch, journaled: str
+) -> None:
+    """Also one that only unlinked runs, deleting no snapshot: the next plan's joins are planned
+    with those figures. A rollback that changed nothing leaves them alone."""
+    if journaled == "links to existing snapshots only":
+        with run_done.engine.begin() as conn:
+            conn.execute(sa.delete(journal).where(journal.c.created_snapshot == sa.true()))
+    elif journaled == "none":
+        _rollback(run_done, 7)
+    refreshed: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(backfill, "refresh_statistics", lambda *args: refreshed.append(args))
+
+    report = _rollback(run_done, 7)
+
+    expected = {"every link": (51, 53), "links to existing snapshots only": (0, 2), "none": (0, 0)}
+    assert (report.snapshots_deleted, report.runs_unlinked) == expected[journaled], report
+    want = [] if journaled == "none" else [(run_done.engine, *backfill.PLAN_STATISTICS)]
+    assert refreshed == want
