@@ -1007,6 +1007,11 @@ def _check_snapshot_json(conn: Connection, problems: _Problems) -> None:
 def _check_backfilled(conn: Connection, problems: _Problems) -> None:
     # Candidates by SQL; confirmed in Python, where both dates are datetimes (SQLite keeps
     # text, and two spellings of one instant must not count as a difference).
+    may_be_wrong = (
+        (snaps.c.scale_factor != 1.0)
+        | (snaps.c.snapshot_date != runs.c.produced_at)
+        | runs.c.produced_at.is_(None)
+    )
     candidates = conn.execute(
         select(
             snaps.c.id,
@@ -1018,9 +1023,9 @@ def _check_backfilled(conn: Connection, problems: _Problems) -> None:
         .select_from(snaps.join(runs, runs.c.id == snaps.c.production_run_id))
         .where(
             snaps.c.is_backfilled == True,
-            (snaps.c.scale_factor != 1.0)
-            | (snaps.c.snapshot_date != runs.c.produced_at)
-            | runs.c.produced_at.is_(None),
+            # For speed alone: without it Python checks every backfilled snapshot and finds
+            # the same problems (a narrower filter, which would miss some, is tested).
+            may_be_wrong,  # pragma: no mutate
         )
         .order_by(snaps.c.id)
     )
