@@ -796,7 +796,9 @@ def _count_left(engine: Engine, bounds: _Bounds) -> int:
         return int(
             conn.execute(
                 select(func.count())
-                .select_from(runs.join(recipes, recipes.c.id == runs.c.recipe_id))
+                # On the one foreign key between the two (SQLAlchemy infers the ON clause, and
+                # would refuse to guess if there were two).
+                .select_from(runs.join(recipes))
                 .where(runs.c.recipe_snapshot_id.is_(None), or_(*outside))
             ).scalar_one()
         )
