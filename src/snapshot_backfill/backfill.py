@@ -26,9 +26,6 @@ from typing import Any, Callable, Optional
 
 from sqlalchemy import (
     ARRAY,
-    Boolean,
-    DateTime,
-    Float,
     Integer,
     String,
     and_,
@@ -541,7 +538,8 @@ def _link(
         # copies updated_at). Before, an executemany bound 10 parameters per snapshot (two of
         # them its recipe's JSON): ~3 s of Python per 100k runs, and on the servers every
         # snapshot's JSON crossed the wire (see benchmarks/README.md).
-        now_value = literal(now, DateTime)
+        # The literals' types are SQLAlchemy's for their Python values (DateTime, Double, Boolean).
+        now_value = literal(now)
         created = conn.execute(
             insert(snaps)
             .from_select(
@@ -563,12 +561,12 @@ def _link(
                     now_value,
                     runs.c.recipe_id,
                     runs.c.id,
-                    literal(1.0, Float),
+                    literal(1.0),
                     # Never NULL: a run without produced_at is never migrated (undated).
                     runs.c.produced_at,
                     payload_table.c.recipe_data,
                     payload_table.c.ingredients_data,
-                    literal(True, Boolean),
+                    literal(True),
                 )
                 .select_from(
                     runs.join(payload_table, payload_table.c.recipe_id == runs.c.recipe_id)
@@ -603,9 +601,9 @@ def _link(
                 runs.c.id,
                 snaps.c.id,
                 # "created" is "not linked to an existing one": the short list (~1% of runs).
-                ~_among(conn, runs.c.id, link_ids) if link_ids else literal(True, Boolean),
+                ~_among(conn, runs.c.id, link_ids) if link_ids else literal(True),
                 runs.c.updated_at,
-                literal(now, DateTime),
+                literal(now),
             )
             .select_from(runs.join(snaps, snaps.c.production_run_id == runs.c.id))
             .where(still_unlinked),
