@@ -344,3 +344,31 @@ def test_a_batch_changed_under_the_migrator_is_rolled_back_and_a_rerun_finishes(
     again = backfill.run(engine, batch_size=info.batch_size)
     assert again.migrated + again.linked_existing == len(info.work) - done_before
     assert_every_run_done_once(engine, info, backend.describe())
+
+
+def test_a_batch_that_creates_fewer_snapshots_than_it_migrates_is_rolled_back(
+    backend: Backend, build_state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other count the batch checks: a recipe's payload missing from the payload table
+    would leave its runs without a snapshot, linked to nothing; the run stops instead."""
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    before = fingerprint.take(engine)
+    store = backfill.store_payloads
+    dropped: list[int] = []
+
+    def store_all_but_one(conn: sa.Connection, payloads: dict[int, Any]) -> None:
+        if payloads and not dropped:
+            dropped.append(min(payloads))
+        store(conn, {k: v for k, v in payloads.items() if k not in dropped})
+
+    monkeypatch.setattr(backfill, "store_payloads", store_all_but_one)
+    with pytest.raises(RunAbortedError, match=r"created \d+ snapshots for \d+ runs: a payload is"):
+        backfill.run(engine, batch_size=backfill.MAX_BATCH_SIZE)
+    assert dropped
+    fingerprint.assert_same(before, fingerprint.take(engine), "the aborted batch was kept")
+
+    monkeypatch.setattr(backfill, "store_payloads", store)
+    again = backfill.run(engine)
+    assert again.ok and again.migrated == len(info.to_migrate), again
+    assert_every_run_done_once(engine, info, backend.describe())

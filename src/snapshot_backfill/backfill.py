@@ -576,7 +576,7 @@ def _link(
             # SQLAlchemy drops an INSERT's rowcount on some drivers (psycopg: -1) unless asked.
             .execution_options(preserve_rowcount=True)
         ).rowcount
-        if created != len(created_ids):  # pragma: no cover - every migrated recipe is stored
+        if created != len(created_ids):
             raise RunAbortedError(
                 f"created {created} snapshots for {len(created_ids)} runs: a payload is missing"
             )
@@ -600,8 +600,9 @@ def _link(
                 literal(token),
                 runs.c.id,
                 snaps.c.id,
-                # "created" is "not linked to an existing one": the short list (~1% of runs).
-                ~_among(conn, runs.c.id, link_ids) if link_ids else literal(True),
+                # "created" is "not linked to an existing one": the short list (~1% of runs),
+                # often empty, which every backend reads as "not among none": true.
+                ~_among(conn, runs.c.id, link_ids),
                 runs.c.updated_at,
                 literal(now),
             )
