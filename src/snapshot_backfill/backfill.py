@@ -317,7 +317,7 @@ def _plan(conn: Connection) -> Plan:
     whens: list[Any] = [(runs.c.produced_at.is_(None), runs.c.id)]
     if gone:
         whens.insert(0, (runs.c.recipe_id.in_(gone), runs.c.id))
-    listed_run = case(*whens, else_=literal(None, Integer)).label("listed_run")
+    listed_run = case(*whens).label("listed_run")  # NULL for every other run
     unlinked: dict[int, list[int]] = {}
     orphaned_ids: list[int] = []
     undated_ids: list[int] = []
