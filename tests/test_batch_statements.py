@@ -1,4 +1,4 @@
-"""What a run's batches send the database: a fixed number of bound parameters, whatever the size.
+"""What a run's batches send the database: one write per table, with as many parameters at any size.
 
 A batch names its runs in three places (the snapshots to create, the runs to journal and link,
 the runs linked to an existing snapshot). Bound as one parameter per run, a batch of 2,000 sends
@@ -6,6 +6,9 @@ the runs linked to an existing snapshot). Bound as one parameter per run, a batc
 host-parameter limit (999 before SQLite 3.32) an error. On SQLite and PostgreSQL each list is one
 parameter (a JSON array, an array); MariaDB and MySQL keep the IN list, which they turn into a
 join themselves, so there the count grows with the batch by design.
+
+A batch the database refuses part of is redone run by run (``_link_isolating_failures``); a
+healthy one never is, since that costs a statement per run and hides why the batch failed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,50 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
-from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
+
+
+def refuse_inserts_for(backend: Backend, engine: Engine, run_id: int) -> None:
+    """A trigger that refuses the snapshot of ``run_id``, as a constraint of the user's would."""
+    statements = {
+        "sqlite": [
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON recipe_snapshots "
+            f"WHEN NEW.production_run_id = {run_id} "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        ],
+        POSTGRESQL: [
+            "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.production_run_id = {run_id} THEN RAISE EXCEPTION 'refused by a trigger'; "
+            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON recipe_snapshots "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_one()",
+        ],
+        MARIADB: [
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON recipe_snapshots FOR EACH ROW "
+            f"BEGIN IF NEW.production_run_id = {run_id} THEN "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'; END IF; END"
+        ],
+    }[backend.kind]
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+@contextmanager
+def snapshot_inserts(engine: Engine) -> Iterator[list[str]]:
+    """The INSERT statements into recipe_snapshots sent on ``engine`` while the block ran."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_rest: Any) -> None:
+        words = " ".join(sql.split()).upper()
+        if words.startswith("INSERT INTO RECIPE_SNAPSHOTS"):
+            seen.append(sql)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
 
 
 @contextmanager
@@ -55,3 +101,35 @@ def test_a_batch_binds_as_many_parameters_when_it_is_a_hundred_times_larger(
         counts[size] = largest[0]
         engine.dispose()
     assert counts[200] == counts[2], counts
+
+
+def test_a_healthy_batch_creates_its_snapshots_in_one_statement(
+    backend: Backend, build_state: Any
+) -> None:
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    with snapshot_inserts(engine) as inserts:
+        report = backfill.run(engine, batch_size=backfill.MAX_BATCH_SIZE)
+    assert report.ok and report.batches == 1, report
+    assert report.migrated == len(info.to_migrate) > 1, report
+    assert len(inserts) == 1, inserts
+
+
+def test_a_run_the_database_refuses_is_redone_alone_and_the_rest_of_its_batch_is_counted(
+    backend: Backend, build_state: Any
+) -> None:
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    assert info.to_link_existing, "the batch must hold runs linked to an existing snapshot"
+    victim = sorted(info.to_migrate)[3]
+    refuse_inserts_for(backend, engine, victim)
+    with snapshot_inserts(engine) as inserts:
+        report = backfill.run(engine, batch_size=backfill.MAX_BATCH_SIZE)
+    assert report.batches == 1, report
+    assert [e.run_id for e in report.errors] == [victim], report
+    assert "refused by a trigger" in report.errors[0].error, report
+    assert report.migrated == len(info.to_migrate) - 1, report
+    assert report.linked_existing == len(info.to_link_existing), report
+    # The batch's one INSERT, then one per run it redid (those linked to an existing
+    # snapshot create none).
+    assert len(inserts) == 1 + len(info.to_migrate), len(inserts)
