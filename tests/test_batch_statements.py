@@ -15,34 +15,36 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
+from snapshot_backfill.errors import RunAbortedError
 from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
 
 
-def refuse_inserts_for(backend: Backend, engine: Engine, run_id: int) -> None:
-    """A trigger that refuses the snapshot of ``run_id``, as a constraint of the user's would."""
+def refuse_inserts_for(backend: Backend, engine: Engine, run_id: Optional[int] = None) -> None:
+    """A trigger that refuses the snapshot of ``run_id`` (of every run: None), as a constraint
+    of the user's would."""
+    refused = "TRUE" if run_id is None else f"NEW.production_run_id = {run_id}"
     statements = {
         "sqlite": [
-            "CREATE TRIGGER refuse_one BEFORE INSERT ON recipe_snapshots "
-            f"WHEN NEW.production_run_id = {run_id} "
+            f"CREATE TRIGGER refuse BEFORE INSERT ON recipe_snapshots WHEN {refused} "
             "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
         ],
         POSTGRESQL: [
-            "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN "
-            f"IF NEW.production_run_id = {run_id} THEN RAISE EXCEPTION 'refused by a trigger'; "
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+            f"IF {refused} THEN RAISE EXCEPTION 'refused by a trigger'; "
             "END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse_one BEFORE INSERT ON recipe_snapshots "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_one()",
+            "CREATE TRIGGER refuse BEFORE INSERT ON recipe_snapshots "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()",
         ],
         MARIADB: [
-            "CREATE TRIGGER refuse_one BEFORE INSERT ON recipe_snapshots FOR EACH ROW "
-            f"BEGIN IF NEW.production_run_id = {run_id} THEN "
+            "CREATE TRIGGER refuse BEFORE INSERT ON recipe_snapshots FOR EACH ROW "
+            f"BEGIN IF {refused} THEN "
             "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'; END IF; END"
         ],
     }[backend.kind]
@@ -133,3 +135,31 @@ def test_a_run_the_database_refuses_is_redone_alone_and_the_rest_of_its_batch_is
     # The batch's one INSERT, then one per run it redid (those linked to an existing
     # snapshot create none).
     assert len(inserts) == 1 + len(info.to_migrate), len(inserts)
+
+
+def test_a_batch_of_one_refused_run_is_an_error_and_the_run_goes_on(
+    backend: Backend, build_state: Any
+) -> None:
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    victim = sorted(info.to_migrate)[3]
+    refuse_inserts_for(backend, engine, victim)
+    report = backfill.run(engine, batch_size=1)
+    assert [e.run_id for e in report.errors] == [victim], report
+    assert report.migrated == len(info.to_migrate) - 1, report
+
+
+def test_a_batch_of_two_whose_runs_are_both_refused_stops_the_run(
+    backend: Backend, build_state: Any
+) -> None:
+    """Every run of a batch failing the same way is the database refusing, not bad rows."""
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    unlinked = sorted([*info.work, *info.orphaned])
+    batches = [unlinked[i : i + 2] for i in range(0, len(unlinked), 2)]
+    first, second = next(b for b in batches if len(b) == 2 and set(b) <= set(info.to_migrate))
+    refuse_inserts_for(backend, engine)
+    with pytest.raises(
+        RunAbortedError, match=rf"every run of a batch failed \(runs {first}\.\.{second}\)"
+    ):
+        backfill.run(engine, batch_size=2)

@@ -318,7 +318,11 @@ def test_a_batch_changed_under_the_migrator_is_rolled_back_and_a_rerun_finishes(
         return batch
 
     monkeypatch.setattr(backfill, "_next_batch", next_batch_then_link_one)
-    with pytest.raises(RunAbortedError, match="another writer changed them meanwhile"):
+    with pytest.raises(
+        RunAbortedError,
+        match="another writer changed them meanwhile; the batch was rolled back, "
+        "run again to finish the job",
+    ):
         backfill.run(engine, batch_size=info.batch_size)
     assert changed, "the state must have a batch with a run to link to its existing snapshot"
     batch = changed[0]
