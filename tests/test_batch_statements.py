@@ -26,26 +26,32 @@ from snapshot_backfill.errors import RunAbortedError
 from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
 
 
-def refuse_inserts_for(backend: Backend, engine: Engine, run_id: Optional[int] = None) -> None:
-    """A trigger that refuses the snapshot of ``run_id`` (of every run: None), as a constraint
-    of the user's would."""
+def refuse_inserts_for(
+    backend: Backend,
+    engine: Engine,
+    run_id: Optional[int] = None,
+    message: str = "refused by a trigger",
+) -> None:
+    """A trigger that refuses the snapshot of ``run_id`` (of every run: None) with ``message``,
+    as a constraint of the user's would."""
     refused = "TRUE" if run_id is None else f"NEW.production_run_id = {run_id}"
+    name = f"refuse_{'all' if run_id is None else run_id}"
     statements = {
         "sqlite": [
-            f"CREATE TRIGGER refuse BEFORE INSERT ON recipe_snapshots WHEN {refused} "
-            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            f"CREATE TRIGGER {name} BEFORE INSERT ON recipe_snapshots WHEN {refused} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
         ],
         POSTGRESQL: [
-            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
-            f"IF {refused} THEN RAISE EXCEPTION 'refused by a trigger'; "
+            f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+            f"IF {refused} THEN RAISE EXCEPTION '{message}'; "
             "END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse BEFORE INSERT ON recipe_snapshots "
-            "FOR EACH ROW EXECUTE FUNCTION refuse()",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON recipe_snapshots "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
         ],
         MARIADB: [
-            "CREATE TRIGGER refuse BEFORE INSERT ON recipe_snapshots FOR EACH ROW "
+            f"CREATE TRIGGER {name} BEFORE INSERT ON recipe_snapshots FOR EACH ROW "
             f"BEGIN IF {refused} THEN "
-            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'; END IF; END"
+            f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{message}'; END IF; END"
         ],
     }[backend.kind]
     with engine.begin() as conn:
@@ -152,14 +158,17 @@ def test_a_batch_of_one_refused_run_is_an_error_and_the_run_goes_on(
 def test_a_batch_of_two_whose_runs_are_both_refused_stops_the_run(
     backend: Backend, build_state: Any
 ) -> None:
-    """Every run of a batch failing the same way is the database refusing, not bad rows."""
+    """Every run of a batch refused is the database refusing, not bad rows: the run stops,
+    naming the batch's runs and the first one's reason."""
     info = build_state("from_sample_data")
     engine = backend.make_engine()
     unlinked = sorted([*info.work, *info.orphaned])
     batches = [unlinked[i : i + 2] for i in range(0, len(unlinked), 2)]
     first, second = next(b for b in batches if len(b) == 2 and set(b) <= set(info.to_migrate))
-    refuse_inserts_for(backend, engine)
-    with pytest.raises(
-        RunAbortedError, match=rf"every run of a batch failed \(runs {first}\.\.{second}\)"
-    ):
+    refuse_inserts_for(backend, engine, first, "no room for the first")
+    refuse_inserts_for(backend, engine, second, "no room for the second")
+    with pytest.raises(RunAbortedError) as stopped:
         backfill.run(engine, batch_size=2)
+    message = str(stopped.value)
+    assert message.startswith(f"every run of a batch failed (runs {first}..{second}); "), message
+    assert message.endswith("stopping: no room for the first"), message
