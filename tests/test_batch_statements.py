@@ -150,9 +150,12 @@ def test_a_batch_of_one_refused_run_is_an_error_and_the_run_goes_on(
     engine = backend.make_engine()
     victim = sorted(info.to_migrate)[3]
     refuse_inserts_for(backend, engine, victim)
-    report = backfill.run(engine, batch_size=1)
+    progress: list[backfill.Progress] = []
+    report = backfill.run(engine, batch_size=1, on_progress=progress.append)
     assert [e.run_id for e in report.errors] == [victim], report
     assert report.migrated == len(info.to_migrate) - 1, report
+    # The refused run is done too, as far as progress goes: it is not left to do.
+    assert (progress[-1].done, progress[-1].total) == (len(info.work), len(info.work)), progress
 
 
 def test_a_batch_of_two_whose_runs_are_both_refused_stops_the_run(

@@ -25,6 +25,7 @@ verify counts                   ``test_verify_fails_before_and_passes_after``
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -311,12 +312,19 @@ def test_every_batch_size_walks_each_unlinked_run_once(
         engine = backend.make_engine()
         progress: list[backfill.Progress] = []
 
+        started = time.monotonic()
         report = run_backfill(engine, state, on_progress=progress.append)
+        elapsed = time.monotonic() - started
 
         check_run_report(report, state, where)
         done = [p.done for p in progress]
         assert done == sorted(done) and done[-1:] == [len(state.work)], explain(
             "progress must grow to the work planned", where, progress=done
+        )
+        # The time since the first batch began, for the rate and the ETA: growing, within the call.
+        times = [p.elapsed_s for p in progress]
+        assert times == sorted(times) and times[0] > 0 and times[-1] <= elapsed, explain(
+            "progress must time the batches since the first began", where, times=times
         )
         found = fingerprint.take(engine, normalized=True)
         if reference is None:
