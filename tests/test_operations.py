@@ -678,6 +678,38 @@ def test_a_run_exactly_min_age_old_is_old_enough(
     assert report.migrated + report.linked_existing == report.plan.work, report
 
 
+def test_the_librarys_run_takes_a_run_created_this_instant(
+    backend: Backend, build_state: Any
+) -> None:
+    """``run``'s min_age_s defaults to 0: waiting for the application is the command line's
+    choice (``--min-age``, 300 s), not the library's."""
+    from snapshot_backfill import backfill
+    from snapshot_backfill.models import utc_now
+
+    build_state("from_sample_data")
+    engine = backend.make_engine()
+    late = _record_a_late_run(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(production_runs)
+            .where(production_runs.c.id == late)
+            .values(created_at=utc_now(), updated_at=production_runs.c.updated_at)
+        )
+    report = backfill.run(engine)
+    assert report.too_recent == 0 and report.ok, report
+    assert _link_of(engine, late) is not None
+
+
+def test_a_run_with_nothing_to_do_still_has_a_run_token(backend: Backend, build_state: Any) -> None:
+    from snapshot_backfill import backfill
+
+    build_state("already_migrated")
+    engine = backend.make_engine()
+    report = backfill.run(engine, known_plan=backfill.plan(engine))
+    assert report.batches == 0 and not report.plan.work, report
+    assert uuid.UUID(report.run_token).version == 4, report.run_token
+
+
 def test_runs_a_run_leaves_for_a_reason_of_their_own_are_not_too_recent(
     backend: Backend, build_state: Any
 ) -> None:
