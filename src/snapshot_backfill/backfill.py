@@ -860,7 +860,7 @@ def _clean_up_quietly(conn: Connection) -> None:
             conn.rollback()
         with write_transaction(conn):
             drop_payload_table(conn)
-            if conn.execute(select(journal.c.id).limit(1)).first() is None:
+            if not conn.execute(select(exists().select_from(journal))).scalar():
                 drop_journal(conn)
     except DBAPIError:
         pass
