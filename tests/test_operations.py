@@ -700,14 +700,20 @@ def test_the_librarys_run_takes_a_run_created_this_instant(
     assert _link_of(engine, late) is not None
 
 
-def test_a_run_with_nothing_to_do_still_has_a_run_token(backend: Backend, build_state: Any) -> None:
+def test_a_run_with_nothing_to_do_still_has_a_run_token_and_its_duration(
+    backend: Backend, build_state: Any
+) -> None:
     from snapshot_backfill import backfill
 
     build_state("already_migrated")
     engine = backend.make_engine()
-    report = backfill.run(engine, known_plan=backfill.plan(engine))
+    the_plan = backfill.plan(engine)
+    started = time.monotonic()
+    report = backfill.run(engine, known_plan=the_plan)
+    elapsed = time.monotonic() - started
     assert report.batches == 0 and not report.plan.work, report
     assert uuid.UUID(report.run_token).version == 4, report.run_token
+    assert 0 <= report.duration_s <= elapsed, report
 
 
 def test_runs_a_run_leaves_for_a_reason_of_their_own_are_not_too_recent(
