@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -27,15 +27,12 @@ from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
 
 
 def refuse_inserts_for(
-    backend: Backend,
-    engine: Engine,
-    run_id: Optional[int] = None,
-    message: str = "refused by a trigger",
+    backend: Backend, engine: Engine, run_id: int, message: str = "refused by a trigger"
 ) -> None:
-    """A trigger that refuses the snapshot of ``run_id`` (of every run: None) with ``message``,
-    as a constraint of the user's would."""
-    refused = "TRUE" if run_id is None else f"NEW.production_run_id = {run_id}"
-    name = f"refuse_{'all' if run_id is None else run_id}"
+    """A trigger that refuses the snapshot of ``run_id`` with ``message``, as a constraint of
+    the user's would."""
+    refused = f"NEW.production_run_id = {run_id}"
+    name = f"refuse_{run_id}"
     statements = {
         "sqlite": [
             f"CREATE TRIGGER {name} BEFORE INSERT ON recipe_snapshots WHEN {refused} "
