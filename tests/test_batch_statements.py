@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -56,37 +57,32 @@ def refuse_inserts_for(
             conn.exec_driver_sql(statement)
 
 
-@contextmanager
-def snapshot_inserts(engine: Engine) -> Iterator[list[str]]:
-    """The INSERT statements into recipe_snapshots sent on ``engine`` while the block ran."""
-    seen: list[str] = []
+@dataclass
+class Sent:
+    """One statement sent to the database, and the most parameters any of its rows bound."""
 
-    def record(_conn: Any, _cursor: Any, sql: str, *_rest: Any) -> None:
-        words = " ".join(sql.split()).upper()
-        if words.startswith("INSERT INTO RECIPE_SNAPSHOTS"):
-            seen.append(sql)
+    sql: str
+    parameters: int
+
+    @property
+    def inserts_snapshots(self) -> bool:
+        return " ".join(self.sql.split()).upper().startswith("INSERT INTO RECIPE_SNAPSHOTS")
+
+
+@contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[Sent]]:
+    """The statements sent on ``engine`` while the block ran, in order."""
+    sent: list[Sent] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, parameters: Any, _ctx: Any, many: bool) -> None:
+        rows = parameters if many else [parameters]
+        sent.append(Sent(sql, max((len(row or ()) for row in rows), default=0)))
 
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
-        yield seen
+        yield sent
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
-
-
-@contextmanager
-def largest_parameter_count(engine: Engine) -> Iterator[list[int]]:
-    """The most parameters any one statement on ``engine`` bound while the block ran."""
-    largest = [0]
-
-    def count(_conn: Any, _cursor: Any, _sql: str, parameters: Any, _ctx: Any, many: bool) -> None:
-        rows = parameters if many else [parameters]
-        largest[0] = max([largest[0], *(len(row or ()) for row in rows)])
-
-    sa.event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield largest
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", count)
 
 
 def test_a_batch_binds_as_many_parameters_when_it_is_a_hundred_times_larger(
@@ -99,11 +95,11 @@ def test_a_batch_binds_as_many_parameters_when_it_is_a_hundred_times_larger(
         info = build_state("from_sample_data")
         engine = backend.make_engine()
         assert len(info.work) > 20, "a large batch names many runs, a small one two"
-        with largest_parameter_count(engine) as largest:
+        with statements_sent(engine) as sent:
             report = backfill.run(engine, batch_size=size)
         assert report.ok and report.migrated == len(info.to_migrate), report
         assert report.linked_existing == len(info.to_link_existing), report
-        counts[size] = largest[0]
+        counts[size] = max(s.parameters for s in sent)
         engine.dispose()
     assert counts[200] == counts[2], counts
 
@@ -113,8 +109,9 @@ def test_a_healthy_batch_creates_its_snapshots_in_one_statement(
 ) -> None:
     info = build_state("from_sample_data")
     engine = backend.make_engine()
-    with snapshot_inserts(engine) as inserts:
+    with statements_sent(engine) as sent:
         report = backfill.run(engine, batch_size=backfill.MAX_BATCH_SIZE)
+    inserts = [s.sql for s in sent if s.inserts_snapshots]
     assert report.ok and report.batches == 1, report
     assert report.migrated == len(info.to_migrate) > 1, report
     assert len(inserts) == 1, inserts
@@ -128,8 +125,9 @@ def test_a_run_the_database_refuses_is_redone_alone_and_the_rest_of_its_batch_is
     assert info.to_link_existing, "the batch must hold runs linked to an existing snapshot"
     victim = sorted(info.to_migrate)[3]
     refuse_inserts_for(backend, engine, victim)
-    with snapshot_inserts(engine) as inserts:
+    with statements_sent(engine) as sent:
         report = backfill.run(engine, batch_size=backfill.MAX_BATCH_SIZE)
+    inserts = [s.sql for s in sent if s.inserts_snapshots]
     assert report.batches == 1, report
     assert [e.run_id for e in report.errors] == [victim], report
     assert "refused by a trigger" in report.errors[0].error, report
