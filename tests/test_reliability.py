@@ -130,9 +130,7 @@ def test_a_recipe_whose_payload_cannot_be_built_is_reported_and_the_rest_is_link
     ], planned
     assert "a pinch" in planned.json["recipe_errors"][0]["error"]
 
-    first = main_in_process(
-        "run", "--database-url", url, "--yes", "--no-backup", "--json", "--batch-size", "7"
-    )
+    first = run_in_small_batches(sqlite_backend)
     assert_recipe_reported(first, info, recipe_id, run_ids, "a pinch")
     check_only_these_unlinked(sqlite_backend, engine, info, run_ids)
     human = main_in_process("run", "--database-url", url, "--yes", "--no-backup")
