@@ -640,10 +640,9 @@ def plant_one_of_each(migrated: Migrated) -> list[tuple[str, int, Optional[int]]
     ]
 
 
-@pytest.mark.process
 def test_several_defects_are_all_reported_in_order(migrated: Migrated) -> None:
     expected = plant_one_of_each(migrated)
-    result = verify_process(migrated.backend, "--json")
+    result = verify_cli(migrated.backend, "--json")
     assert result.code == EXIT_FAILED, result
     found = [(p["kind"], p["run_id"], p["snapshot_id"]) for p in result.json["problems"]]
     assert found == expected, result
@@ -660,6 +659,15 @@ def test_several_defects_are_all_reported_in_order(migrated: Migrated) -> None:
         f"snapshots checked; {len(migrated.info.orphaned)} orphaned runs (recipe gone) "
         "left unlinked"
     ), human
+
+
+@pytest.mark.process
+def test_verify_exits_1_from_a_process_of_its_own(migrated: Migrated) -> None:
+    """The exit code CI sees is the process's own, not only what ``main`` returns."""
+    expected = plant_one_of_each(migrated)
+    result = verify_process(migrated.backend, "--json")
+    assert result.code == EXIT_FAILED, result
+    assert result.json["problems_total"] == len(expected), result
 
 
 def test_verify_lists_the_first_problems_up_to_its_cap_and_counts_them_all(
