@@ -263,6 +263,22 @@ def test_an_orphan_is_listed_but_is_not_a_problem(migrated: Migrated) -> None:
     assert (result.json["problems_total"], result.json["problems"]) == (0, []), result
 
 
+def test_the_orphans_are_listed_by_run_id_whatever_order_the_table_keeps(
+    migrated: Migrated,
+) -> None:
+    # Each orphan rewritten, the highest id first: PostgreSQL stores the new rows in that
+    # order, so only verify's ORDER BY lists them by id.
+    orphans = sorted(migrated.info.orphaned)
+    assert len(orphans) >= 2, orphans
+    migrated.execute(
+        *(
+            sa.update(runs).where(runs.c.id == run_id).values(notes=runs.c.notes)
+            for run_id in reversed(orphans)
+        )
+    )
+    assert backfill.verify(migrated.engine).orphaned_run_ids == orphans
+
+
 def test_a_linked_run_whose_recipe_is_gone_is_not_an_orphan(migrated: Migrated) -> None:
     # An orphan (recipe gone, no snapshot row) that the application linked to another run's
     # snapshot: a wrong link, and no longer among the runs left unlinked.
