@@ -394,6 +394,16 @@ class _Dropper:
     """One background thread that drops server databases in the order they were released."""
 
     def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Start afresh: a new queue, no thread, no failures.
+
+        A process forked while the thread waited (a mutation tester's worker, a
+        ``multiprocessing`` child) inherits the queue with that thread's waiter but not the
+        thread: the child's first drop would wake the dead waiter, and its wait would never
+        end. The parent still drops what it queued; the child keeps its own.
+        """
         self.queue: queue.Queue[Optional[tuple[URL, str, str]]] = queue.Queue()
         self.thread: Optional[threading.Thread] = None
         self.failures: list[str] = []
@@ -433,6 +443,8 @@ class _Dropper:
 _dropper = _Dropper()
 # A script that never calls wait_for_drops still drops its databases before it exits.
 atexit.register(_dropper.wait)
+if hasattr(os, "register_at_fork"):  # POSIX: Windows has no fork
+    os.register_at_fork(after_in_child=_dropper.forget)
 
 
 def wait_for_drops() -> None:
