@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import RunAbortedError
+from snapshot_backfill.models import production_runs
 from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
 
 
@@ -170,3 +171,26 @@ def test_a_batch_of_two_whose_runs_are_both_refused_stops_the_run(
     message = str(stopped.value)
     assert message.startswith(f"every run of a batch failed (runs {first}..{second}); "), message
     assert message.endswith("stopping: no room for the first"), message
+
+
+def test_the_batches_take_the_runs_in_id_order_whatever_order_the_table_keeps(
+    backend: Backend, build_state: Any
+) -> None:
+    # An application that edits its runs leaves them stored out of id order (PostgreSQL writes
+    # an updated row anew, after the others). A batch read in storage order would end on a run
+    # above some it did not take, and the next batch, which starts after it, would never take
+    # those.
+    info = build_state("from_sample_data")
+    engine = backend.make_engine()
+    runs = production_runs
+    with engine.begin() as conn:
+        ids = conn.execute(sa.select(runs.c.id).order_by(runs.c.id.desc())).scalars().all()
+        for run_id in ids:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(notes=runs.c.notes))
+    report = backfill.run(engine, batch_size=3)
+    assert report.ok, report
+    assert (report.migrated, report.linked_existing) == (
+        len(info.to_migrate),
+        len(info.to_link_existing),
+    ), report
+    assert backfill.verify(engine).ok
