@@ -21,10 +21,11 @@ from typing import Any, Optional
 import pytest
 import sqlalchemy as sa
 
+from snapshot_backfill.database import open_engine
 from snapshot_backfill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_LOCKED, EXIT_OK
 from snapshot_backfill.models import production_runs, recipe_snapshots, recipes
 from snapshot_backfill.testing import fingerprint
-from snapshot_backfill.testing.backends import Backend
+from snapshot_backfill.testing.backends import MARIADB, Backend
 
 from cli_process import PROCESS_TIMEOUT_S, cli, main_in_process
 from test_reliability import relax_produced_at
@@ -743,13 +744,10 @@ def test_runs_a_run_leaves_for_a_reason_of_their_own_are_not_too_recent(
     assert (report.skipped_undated, report.too_recent) == (1, 0), report
 
 
-def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any) -> None:
+def locking_statements(engine: Any) -> list[str]:
+    """The statements a run sends that lock rows (FOR UPDATE), whitespace collapsed."""
     from snapshot_backfill import backfill
 
-    if backend.is_sqlite:
-        pytest.skip("SQLite locks the file, not rows")
-    build_state("from_sample_data")
-    engine = backend.make_engine()
     locking: list[str] = []
 
     @sa.event.listens_for(engine, "before_cursor_execute")
@@ -757,13 +755,40 @@ def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any
         if "FOR UPDATE" in statement.upper():
             locking.append(" ".join(statement.split()))
 
-    backfill.run(engine, batch_size=7)
+    assert backfill.run(engine, batch_size=7).ok
+    return locking
+
+
+def test_a_batch_locks_only_the_runs_it_links(backend: Backend, build_state: Any) -> None:
+    if backend.is_sqlite:
+        pytest.skip("SQLite locks the file, not rows")
+    build_state("from_sample_data")
+    locking = locking_statements(backend.make_engine())
     assert locking
     for statement in locking:
         if backend.name == "postgresql":
             assert statement.endswith("FOR UPDATE OF production_runs"), statement
         else:
             assert "JOIN" not in statement.upper() and "recipes" not in statement, statement
+
+
+@pytest.mark.parametrize(
+    "backend_kind", [pytest.param(MARIADB, marks=pytest.mark.mariadb)], indirect=True
+)
+def test_a_mariadb_url_locks_the_batchs_runs_as_a_mysql_url_does(
+    backend: Backend, build_state: Any
+) -> None:
+    # mariadb:// is SQLAlchemy's "mariadb" dialect, not "mysql": the same locks must be taken.
+    build_state("from_sample_data")
+    engine = open_engine(backend.url.set(drivername="mariadb+pymysql"))
+    try:
+        assert engine.dialect.name == "mariadb"
+        locking = locking_statements(engine)
+    finally:
+        engine.dispose()
+    assert locking
+    for statement in locking:
+        assert "JOIN" not in statement.upper() and "recipes" not in statement, statement
 
 
 # --- issue 14: honest messages and help --------------------------------------------------------
