@@ -460,14 +460,21 @@ def _next_batch(conn: Connection, after: int, size: int, bounds: _Bounds) -> Opt
         # MariaDB has no FOR UPDATE OF: a locking read of the join would lock the recipe
         # rows too (a recipe rename waited for the batch). Lock the batch's runs alone, by
         # primary key, then read the join without locks.
-        ids = list(
-            conn.execute(
-                select(runs.c.id).where(*taken).order_by(runs.c.id).limit(size).with_for_update()
-            ).scalars()
+        lowest_first = (
+            select(runs.c.id)
+            .where(*taken)
+            # InnoDB reads these rows through the primary key or the index on
+            # recipe_snapshot_id, both in id order within NULL: without the ORDER BY the same
+            # ids come back, so no test can tell them apart. Kept: it is LIMIT's meaning.
+            .order_by(runs.c.id)  # pragma: no mutate
+            .limit(size)
+            .with_for_update()
         )
+        ids = list(conn.execute(lowest_first).scalars())
         if not ids:
             return None
-        query = query.where(runs.c.id.in_(ids), runs.c.recipe_snapshot_id.is_(None))
+        # The batch's first read locked them, unlinked; the join's snapshot is taken after it.
+        query = query.where(runs.c.id.in_(ids))
     else:
         query = query.where(*taken).limit(size)
         if backend == "postgresql":
