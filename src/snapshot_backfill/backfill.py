@@ -25,8 +25,6 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Optional
 
 from sqlalchemy import (
-    ARRAY,
-    Integer,
     String,
     and_,
     any_,
@@ -519,7 +517,8 @@ def _among(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
     """
     backend = conn.dialect.name
     if backend == "postgresql":
-        return column == any_(literal(list(ids), ARRAY(Integer)))
+        # No type: psycopg binds a list of ints as an integer array (an empty one too).
+        return column == any_(literal(list(ids)))
     if backend == "sqlite":
         values = func.json_each(json.dumps(list(ids))).table_valued("value")
         return column.in_(select(values.c.value))
