@@ -13,6 +13,7 @@ healthy one never is, since that costs a statement per run and hides why the bat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Engine
 from snapshot_backfill import backfill
 from snapshot_backfill.errors import RunAbortedError
 from snapshot_backfill.models import production_runs
+from snapshot_backfill.testing import invariants, running
 from snapshot_backfill.testing.backends import MARIADB, POSTGRESQL, Backend
 
 
@@ -180,17 +182,13 @@ def test_the_batches_take_the_runs_in_id_order_whatever_order_the_table_keeps(
     # an updated row anew, after the others). A batch read in storage order would end on a run
     # above some it did not take, and the next batch, which starts after it, would never take
     # those.
-    info = build_state("from_sample_data")
+    info = dataclasses.replace(build_state("from_sample_data"), batch_size=3)
     engine = backend.make_engine()
     runs = production_runs
     with engine.begin() as conn:
         ids = conn.execute(sa.select(runs.c.id).order_by(runs.c.id.desc())).scalars().all()
         for run_id in ids:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(notes=runs.c.notes))
-    report = backfill.run(engine, batch_size=3)
-    assert report.ok, report
-    assert (report.migrated, report.linked_existing) == (
-        len(info.to_migrate),
-        len(info.to_link_existing),
-    ), report
-    assert backfill.verify(engine).ok
+    where = {"backend": backend.name, "stored": "highest id first"}
+    invariants.check_run_report(running.run_backfill(engine, info), info, where)
+    invariants.check_verify(backfill.verify(engine), info, where, after_run=True)
